@@ -1,0 +1,32 @@
+"""
+mtlsd: a mutual-TLS daemon and library for Twisted.
+
+Only clients whose certificate is in (or chains to) a bundle of trusted
+certificates get through to the application.
+"""
+
+from ._client import (
+    ClientContext,
+    ClientTLSSettings,
+    ServerNotTrusted,
+    ServerRejectedClient,
+)
+from ._context import ServerContext, ServerTLSSettings
+from ._errors import ConfigurationError
+from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
+from ._server import MtlsServerEndpoint, mtlsServerFactory
+
+__all__ = [
+    "ClientContext",
+    "ClientTLSSettings",
+    "ConfigurationError",
+    "MtlsServerEndpoint",
+    "PeerIdentity",
+    "ServerContext",
+    "ServerNotTrusted",
+    "ServerRejectedClient",
+    "ServerTLSSettings",
+    "identityFromCertificate",
+    "mtlsServerFactory",
+    "peerIdentity",
+]

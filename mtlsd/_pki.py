@@ -1,0 +1,292 @@
+# -*- test-case-name: mtlsd.test.test_pki -*-
+"""
+A development PKI: a CA, a server certificate and client certificates, made
+with C{cryptography} and written as PEM files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ._errors import ConfigurationError
+from ._files import loadCertificates, loadPrivateKey
+
+DEFAULT_PKI_DIR = "mtlsd-pki"
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+
+SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
+
+Signer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def newKey() -> ec.EllipticCurvePrivateKey:
+    """
+    @return: a new ECDSA P-256 private key.
+    """
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _generalNames(
+    names: Iterable[str], uris: Iterable[str], emails: Iterable[str]
+) -> list[x509.GeneralName]:
+    general: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            general.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            general.append(x509.DNSName(name))
+    general.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
+    general.extend(x509.RFC822Name(email) for email in emails)
+    return general
+
+
+def makeCertificate(
+    commonName: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Signer | None = None,
+    *,
+    isCA: bool = False,
+    usages: Sequence[x509.ObjectIdentifier] = (),
+    names: Iterable[str] = (),
+    uris: Iterable[str] = (),
+    emails: Iterable[str] = (),
+    organizationalUnit: str | None = None,
+    notBefore: datetime.datetime | None = None,
+    days: int = 365,
+) -> x509.Certificate:
+    """
+    Make an X.509 certificate.
+
+    @param commonName: the subject's CN.
+    @param key: the subject's private key.
+    @param issuer: the issuing CA's certificate and key, or L{None} for a
+        self-signed certificate.
+    @param isCA: make a CA certificate (basicConstraints CA, keyCertSign).
+    @param usages: extended key usages; none means no EKU extension.
+    @param names: DNS names and IP addresses for the subjectAltName.
+    @param uris: URIs for the subjectAltName.
+    @param emails: e-mail addresses for the subjectAltName.
+    @param organizationalUnit: an OU for the subject.
+    @param notBefore: start of validity (default: one hour ago).
+    @param days: length of validity in days (may be negative for tests).
+    @return: the certificate.
+    """
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
+    if organizationalUnit:
+        attributes.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, organizationalUnit)
+        )
+    subject = x509.Name(attributes)
+    issuerName, signingKey = (subject, key) if issuer is None else (
+        issuer[0].subject,
+        issuer[1],
+    )
+    start = notBefore or datetime.datetime.now(datetime.timezone.utc) - (
+        datetime.timedelta(hours=1)
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuerName)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=isCA, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=isCA,
+                crl_sign=isCA,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
+            critical=False,
+        )
+    if usages:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(usages)), critical=False
+        )
+    general = _generalNames(names, uris, emails)
+    if general:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(general), critical=False
+        )
+    return builder.sign(signingKey, hashes.SHA256())
+
+
+def makeCRL(
+    issuer: Signer, revoked: Iterable[x509.Certificate] = (), days: int = 30
+) -> x509.CertificateRevocationList:
+    """
+    Make a CRL signed by C{issuer} listing C{revoked}.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer[0].subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=days))
+    )
+    for certificate in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(certificate.serial_number)
+            .revocation_date(now - datetime.timedelta(minutes=5))
+            .build()
+        )
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def certificatePEM(*certificates: x509.Certificate) -> bytes:
+    """
+    @return: the certificates as one PEM bundle.
+    """
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """
+    @return: the key as unencrypted PKCS#8 PEM.
+    """
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _writeFile(path: Path, data: bytes, secret: bool = False) -> None:
+    """
+    Write C{data} to C{path}, with mode 0600 if C{secret}, replacing it
+    atomically so a reader never sees half a file.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(temporary, path)
+
+
+class DevelopmentPKI:
+    """
+    The files of a development PKI in one directory, as written by
+    C{mtlsd pki init}: C{ca.crt ca.key server.crt server.key client.crt
+    client.key crl.pem}.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        """
+        @return: the path of file C{name} in this PKI.
+        """
+        return self.directory / name
+
+    def exists(self) -> bool:
+        """
+        @return: whether this PKI has its CA, server and client files.
+        """
+        return all(
+            self.path(name).exists()
+            for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+        )
+
+    def init(self, serverNames: Sequence[str] = ()) -> None:
+        """
+        Create the CA, the server certificate (valid for localhost,
+        127.0.0.1, ::1 and C{serverNames}), a client certificate named
+        C{client} and an empty CRL.  Existing files are left alone.
+        """
+        if self.exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        caKey = newKey()
+        ca = makeCertificate("mtlsd development CA", caKey, isCA=True, days=3650)
+        _writeFile(self.path("ca.crt"), certificatePEM(ca))
+        _writeFile(self.path("ca.key"), keyPEM(caKey), secret=True)
+        _writeFile(
+            self.path("crl.pem"),
+            makeCRL((ca, caKey)).public_bytes(serialization.Encoding.PEM),
+        )
+        self._writePair(
+            "server",
+            caSigned=True,
+            usages=[SERVER_AUTH],
+            names=[*DEFAULT_SERVER_NAMES, *serverNames],
+        )
+        self._writePair("client", caSigned=True, usages=[CLIENT_AUTH])
+
+    def issue(
+        self,
+        name: str,
+        *,
+        selfSigned: bool = False,
+        days: int = 365,
+        dnsNames: Sequence[str] = (),
+        uris: Sequence[str] = (),
+    ) -> x509.Certificate:
+        """
+        Write C{NAME.crt} and C{NAME.key}: a client certificate signed by this
+        PKI's CA, or self-signed.
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigurationError(f"{name!r} is not a usable certificate name.")
+        return self._writePair(
+            name,
+            caSigned=not selfSigned,
+            usages=[CLIENT_AUTH],
+            names=dnsNames,
+            uris=uris,
+            days=days,
+        )
+
+    def _writePair(
+        self,
+        name: str,
+        *,
+        caSigned: bool,
+        usages: Sequence[x509.ObjectIdentifier],
+        names: Sequence[str] = (),
+        uris: Sequence[str] = (),
+        days: int = 365,
+    ) -> x509.Certificate:
+        issuer = self._ca() if caSigned else None
+        key = newKey()
+        certificate = makeCertificate(
+            name, key, issuer, usages=usages, names=names, uris=uris, days=days
+        )
+        _writeFile(self.path(f"{name}.key"), keyPEM(key), secret=True)
+        _writeFile(self.path(f"{name}.crt"), certificatePEM(certificate))
+        return certificate
+
+    def _ca(self) -> Signer:
+        certificate = loadCertificates(self.path("ca.crt"), "CA certificate")[0]
+        key = loadPrivateKey(self.path("ca.key"), "CA key")
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigurationError(f"{self.path('ca.key')}: not an ECDSA key.")
+        return certificate, key

@@ -1,0 +1,84 @@
+# -*- test-case-name: mtlsd.test.test_server -*-
+"""
+Turning OpenSSL's errors into the short reasons mtlsd logs and prints.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+from twisted.python.failure import Failure
+
+# OpenSSL's reason strings for bytes that are not a TLS record at all.
+_NOT_TLS = frozenset(
+    {
+        "http request",
+        "https proxy request",
+        "wrong version number",
+        "unknown protocol",
+        "packet length too long",
+        "record layer failure",
+        "unsupported protocol",
+        "no protocols available",
+    }
+)
+
+NO_CLIENT_CERTIFICATE = "no client certificate"
+NOT_TLS = "not TLS"
+HANDSHAKE_TIMEOUT = "handshake timeout"
+CLOSED_BEFORE_HANDSHAKE = "closed before handshake"
+
+
+def verifyErrorText(errno: int) -> str:
+    """
+    OpenSSL's text for an C{X509_V_ERR_*} code, e.g. 10 -> C{certificate has
+    expired}.
+
+    pyOpenSSL does not export C{X509_verify_cert_error_string}, so this is
+    the one place that reaches into its bindings; a test pins the texts.
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+
+        return str(ffi.string(lib.X509_verify_cert_error_string(errno)).decode())
+    except (ImportError, AttributeError):  # pragma: no cover
+        names = {v: k for k, v in vars(SSL.X509VerificationCodes).items()}
+        return names.get(errno, f"verify error {errno}")
+
+
+def opensslReasons(error: BaseException) -> list[str]:
+    """
+    @return: OpenSSL's reason strings in an L{SSL.Error}, e.g. C{["certificate
+        verify failed"]}; empty for any other exception.
+    """
+    if not isinstance(error, SSL.Error) or not error.args:
+        return []
+    details = error.args[0]
+    if not isinstance(details, list):
+        return [str(details)]
+    return [str(entry[-1]) for entry in details if isinstance(entry, tuple)]
+
+
+def handshakeFailureReason(reason: Failure) -> str:
+    """
+    The reason a server-side handshake failed, for the C{rejected} event,
+    when no certificate verification error was recorded for it.
+    """
+    texts = opensslReasons(reason.value)
+    if not texts:
+        return CLOSED_BEFORE_HANDSHAKE
+    if "peer did not return a certificate" in texts:
+        return NO_CLIENT_CERTIFICATE
+    if _NOT_TLS.intersection(texts):
+        return NOT_TLS
+    return "TLS error: " + "; ".join(texts)
+
+
+def peerAlert(reason: Failure) -> str | None:
+    """
+    @return: the text of a TLS alert the peer sent (C{"tlsv13 alert
+        certificate required"}), or L{None} if C{reason} is not one.
+    """
+    for text in opensslReasons(reason.value):
+        if " alert " in text:
+            return text
+    return None

@@ -1,0 +1,260 @@
+# -*- test-case-name: mtlsd.test.test_server -*-
+"""
+The path of one server connection: Twisted's TLS layer, then a gate that
+starts the application protocol only once the client's certificate has
+verified, and logs every connection's fate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+from ._context import ServerContext
+from ._identity import PeerIdentity, identityFromCertificate
+from ._reasons import HANDSHAKE_TIMEOUT, handshakeFailureReason
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+log = Logger(namespace="mtlsd")
+
+
+def formatAddress(address: IAddress) -> str:
+    """
+    @return: C{host:port} (C{[host]:port} for IPv6) for an IP address, the
+        path for a UNIX address, else the address's C{repr}.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return repr(address)
+
+
+@implementer(IHandshakeListener)
+class _GateProtocol(ProtocolWrapper):
+    """
+    Sits between the TLS layer and the application protocol.  The
+    application protocol is built and connected only when the handshake has
+    completed, that is when OpenSSL verified the client's certificate; until
+    then a handshake timeout runs.  Its transport is this gate, which passes
+    everything through to the TLS transport (so it provides
+    L{twisted.internet.interfaces.ISSLTransport}) and counts bytes.
+    """
+
+    factory: _GateFactory
+    wrappedProtocol: IProtocol | None  # type: ignore[assignment]
+
+    def __init__(self, factory: _GateFactory, address: IAddress) -> None:
+        ProtocolWrapper.__init__(self, factory, None)  # type: ignore[arg-type]
+        self._address = address
+        self._client = formatAddress(address)
+        self._timeout: IDelayedCall | None = None
+        self._timedOut = False
+        self._identity: PeerIdentity | None = None
+        self._startedAt = 0.0
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    def makeConnection(self, transport: object) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)  # type: ignore[arg-type]
+        self.factory.registerProtocol(self)
+
+    def connectionMade(self) -> None:
+        clock = self.factory.clock
+        self._startedAt = clock.seconds()
+        self._timeout = clock.callLater(
+            self.factory.handshakeTimeout, self._handshakeTimedOut
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        self._timeout = None
+        self._timedOut = True
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _cancelTimeout(self) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+
+    def handshakeCompleted(self) -> None:
+        if self._identity is not None:
+            return  # a renegotiation: the peer was already admitted
+        self._cancelTimeout()
+        certificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        self._identity = identity = identityFromCertificate(certificate.to_cryptography())
+        log.info(
+            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
+            mtlsdEvent="accepted",
+            client=self._client,
+            commonName=identity.commonName,
+            fingerprint=identity.fingerprint,
+            serial=f"{identity.serial:x}",
+        )
+        app = self.factory.wrappedFactory.buildProtocol(self._address)
+        if app is None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.wrappedProtocol = app
+        app.makeConnection(self)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        if self.wrappedProtocol is not None:
+            self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        self.bytesOut += len(data)
+        ProtocolWrapper.write(self, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        data = list(data)
+        self.bytesOut += sum(map(len, data))
+        ProtocolWrapper.writeSequence(self, data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancelTimeout()
+        self.factory.unregisterProtocol(self)
+        if self._identity is None:
+            self._logRejection(reason)
+        else:
+            log.info(
+                "closed {client}: CN={commonName} in={bytesIn} out={bytesOut}"
+                " duration={duration:.3f}s",
+                mtlsdEvent="closed",
+                client=self._client,
+                commonName=self._identity.commonName,
+                bytesIn=self.bytesIn,
+                bytesOut=self.bytesOut,
+                duration=self.factory.clock.seconds() - self._startedAt,
+            )
+        if self.wrappedProtocol is not None:
+            self.wrappedProtocol.connectionLost(reason)
+
+    def _logRejection(self, reason: Failure) -> None:
+        failure = self.factory.context.verifyFailure(
+            self.transport.getHandle()  # type: ignore[attr-defined]
+        )
+        fields: dict[str, object] = {}
+        if self._timedOut:
+            text = HANDSHAKE_TIMEOUT
+        elif failure is not None:
+            text = failure.reason
+            fields = {"depth": failure.depth, "subject": failure.subject}
+        else:
+            text = handshakeFailureReason(reason)
+        log.info(
+            "rejected {client}: {reason}",
+            mtlsdEvent="rejected",
+            client=self._client,
+            reason=text,
+            **fields,
+        )
+
+
+class _GateFactory(WrappingFactory):
+    """
+    Builds a L{_GateProtocol} for each connection; the application factory
+    builds its protocol only when the gate lets the client in.
+    """
+
+    protocol = _GateProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        context: ServerContext,
+        appFactory: IProtocolFactory,
+        handshakeTimeout: float,
+        clock: IReactorTime,
+    ) -> None:
+        WrappingFactory.__init__(self, appFactory)  # type: ignore[arg-type]
+        self.context = context
+        self.handshakeTimeout = handshakeTimeout
+        self.clock = clock
+
+    def buildProtocol(self, addr: IAddress) -> _GateProtocol:
+        return _GateProtocol(self, addr)
+
+
+def mtlsServerFactory(
+    context: ServerContext,
+    appFactory: IProtocolFactory,
+    handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    clock: IReactorTime | None = None,
+) -> TLSMemoryBIOFactory:
+    """
+    Wrap an application factory for listening with mutual TLS on any plain
+    stream endpoint (TCP, UNIX, systemd, haproxy).
+
+    @param context: the server's TLS context.
+    @param appFactory: builds the application protocol; it runs only for
+        clients whose certificate verified, and can call
+        L{mtlsd.peerIdentity} on its transport.
+    @param handshakeTimeout: seconds a client has to complete the handshake.
+    @param clock: the time source (default: the global reactor).
+    @return: a factory to pass to a plain endpoint's C{listen}.
+    """
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = reactor  # type: ignore[assignment]
+    assert clock is not None
+    gate = _GateFactory(context, appFactory, handshakeTimeout, clock)
+    return TLSMemoryBIOFactory(context, False, gate, clock=clock)
+
+
+@implementer(IStreamServerEndpoint)
+class MtlsServerEndpoint:
+    """
+    A server endpoint that puts mutual TLS on a plain stream endpoint.
+    """
+
+    def __init__(
+        self,
+        context: ServerContext,
+        endpoint: IStreamServerEndpoint,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param context: the server's TLS context.
+        @param endpoint: the plain endpoint to listen on.
+        @param handshakeTimeout: seconds a client has to complete the handshake.
+        @param clock: the time source (default: the global reactor).
+        """
+        self._context = context
+        self._endpoint = endpoint
+        self._handshakeTimeout = handshakeTimeout
+        self._clock = clock
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen, starting C{protocolFactory}'s protocols for verified clients.
+        """
+        return self._endpoint.listen(
+            mtlsServerFactory(
+                self._context, protocolFactory, self._handshakeTimeout, self._clock
+            )
+        )

@@ -1,0 +1,157 @@
+"""
+Certificates made on the fly and in-memory TLS connections for the tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, connectedServerAndClient
+from zope.interface import implementer
+
+from mtlsd._client import ClientContext, ClientTLSSettings
+from mtlsd._context import ServerContext, ServerTLSSettings
+from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
+from mtlsd._server import mtlsServerFactory
+
+CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 40001)
+SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8082)
+
+
+class Credentials:
+    """
+    A certificate and its key.
+    """
+
+    def __init__(self, certificate: x509.Certificate, key, chain=()) -> None:
+        self.certificate = certificate
+        self.key = key
+        self.chain = tuple(chain)
+
+
+class TestCA:
+    """
+    A CA that issues server and client certificates.
+    """
+
+    def __init__(self, name: str = "Test CA") -> None:
+        self.key = newKey()
+        self.certificate = makeCertificate(name, self.key, isCA=True, days=30)
+
+    def issue(self, commonName: str, usages=(CLIENT_AUTH,), **kw) -> Credentials:
+        key = newKey()
+        certificate = makeCertificate(
+            commonName, key, (self.certificate, self.key), usages=usages, **kw
+        )
+        return Credentials(certificate, key)
+
+    def server(self, names=("localhost", "127.0.0.1"), **kw) -> Credentials:
+        return self.issue("localhost", usages=(SERVER_AUTH,), names=names, **kw)
+
+
+def selfSigned(commonName: str, usages=(CLIENT_AUTH,), **kw) -> Credentials:
+    key = newKey()
+    return Credentials(makeCertificate(commonName, key, usages=usages, **kw), key)
+
+
+def hoursAgo(hours: float) -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=hours)
+
+
+def serverContext(server: Credentials, trusted, **kw) -> ServerContext:
+    return ServerContext(
+        ServerTLSSettings(server.certificate, server.key, (), tuple(trusted), **kw)
+    )
+
+
+def clientContext(
+    client: Credentials | None, trusted, hostname: str = "localhost"
+) -> ClientContext:
+    settings = ClientTLSSettings(
+        client.certificate if client else None,
+        client.key if client else None,
+        client.chain if client else (),
+        tuple(trusted),
+    )
+    return settings.connectionCreator(hostname)
+
+
+@implementer(IHandshakeListener)
+class Recorder(Protocol):
+    """
+    Records what happens to a connection.
+    """
+
+    def __init__(self) -> None:
+        self.made = False
+        self.handshook = False
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def handshakeCompleted(self) -> None:
+        self.handshook = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+class Connection:
+    """
+    A server and a client connected in memory through real TLS.
+    """
+
+    def __init__(
+        self,
+        server: ServerContext,
+        client: ClientContext,
+        app: Protocol | None = None,
+        handshakeTimeout: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.app = app if app is not None else Recorder()
+        self.clientContext = client
+        self.client = Recorder()
+        serverFactory = mtlsServerFactory(
+            server,
+            Factory.forProtocol(lambda: self.app),
+            handshakeTimeout=handshakeTimeout,
+            clock=self.clock,
+        )
+        clientFactory = TLSMemoryBIOFactory(
+            client, True, Factory.forProtocol(lambda: self.client), clock=self.clock
+        )
+        self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(
+            lambda: serverFactory.buildProtocol(CLIENT_ADDRESS),
+            lambda: clientFactory.buildProtocol(SERVER_ADDRESS),
+            clientTransportFactory=lambda p: FakeTransport(
+                p, True, peerAddress=SERVER_ADDRESS, hostAddress=CLIENT_ADDRESS
+            ),
+            serverTransportFactory=lambda p: FakeTransport(
+                p, False, peerAddress=CLIENT_ADDRESS, hostAddress=SERVER_ADDRESS
+            ),
+            clock=self.clock,
+        )
+        self.clientConnection = self.clientTLS.getHandle()
+
+    @property
+    def gate(self):
+        return self.serverTLS.wrappedProtocol
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+

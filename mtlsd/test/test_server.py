@@ -1,0 +1,312 @@
+"""
+Tests for L{mtlsd._server}: real TLS handshakes in memory between mtlsd's
+server and client contexts.
+"""
+
+from OpenSSL.SSL import X509VerificationCodes as Codes
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols.wire import Echo
+from twisted.test.proto_helpers import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtlsd import peerIdentity
+from mtlsd._client import ServerRejectedClient, describeClientFailure
+from mtlsd._pki import SERVER_AUTH
+from mtlsd._reasons import verifyErrorText
+from mtlsd._server import mtlsServerFactory
+from mtlsd.test.helpers import (
+    CLIENT_ADDRESS,
+    Connection,
+    Recorder,
+    TestCA,
+    clientContext,
+    hoursAgo,
+    selfSigned,
+    serverContext,
+)
+
+
+class _LoggingTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def mtlsdEvents(self, name: str) -> list[dict]:
+        return [e for e in self.events if e.get("mtlsdEvent") == name]
+
+
+class AcceptTests(_LoggingTestCase):
+    """
+    Clients whose certificate is trusted get through to the application.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ca = TestCA()
+        self.server = self.ca.server()
+
+    def test_trustedSelfSignedClient(self) -> None:
+        """
+        A self-signed client certificate listed in the bundle is accepted, the
+        application sees its bytes, and one C{accepted} event names it.
+        """
+        client = selfSigned("alice")
+        c = Connection(
+            serverContext(self.server, [client.certificate]),
+            clientContext(client, [self.ca.certificate]),
+        )
+        c.flush()
+        self.assertTrue(c.app.made)
+        c.clientTLS.write(b"Hello, world!")
+        c.flush()
+        self.assertEqual(c.app.received, b"Hello, world!")
+        [accepted] = self.mtlsdEvents("accepted")
+        self.assertEqual(accepted["commonName"], "alice")
+        self.assertEqual(accepted["client"], "192.0.2.7:40001")
+        self.assertEqual(
+            accepted["fingerprint"], peerIdentity(c.app.transport).fingerprint
+        )
+        self.assertEqual(self.mtlsdEvents("rejected"), [])
+
+    def test_caIssuedClient(self) -> None:
+        """
+        A client certificate issued by a CA in the bundle is accepted.
+        """
+        client = self.ca.issue("bob")
+        c = Connection(
+            serverContext(self.server, [self.ca.certificate]),
+            clientContext(client, [self.ca.certificate]),
+        )
+        c.flush()
+        self.assertTrue(c.app.made)
+        self.assertEqual(peerIdentity(c.app.transport).commonName, "bob")
+
+    def test_pinnedLeafWithoutItsCA(self) -> None:
+        """
+        A CA-issued leaf listed alone is trusted (partial chain); another
+        leaf of the same CA is not.
+        """
+        pinned = self.ca.issue("pinned")
+        other = self.ca.issue("other")
+        context = serverContext(self.server, [pinned.certificate])
+        ok = Connection(context, clientContext(pinned, [self.ca.certificate]))
+        ok.flush()
+        self.assertTrue(ok.app.made)
+        bad = Connection(context, clientContext(other, [self.ca.certificate]))
+        bad.flush()
+        self.assertFalse(bad.app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        # The client sends the pinned CA along (it is in its trust store).
+        self.assertEqual(
+            rejected["reason"], "self-signed certificate in certificate chain"
+        )
+
+    def test_severalSelfSignedToldApart(self) -> None:
+        """
+        Several self-signed certificates in one bundle are each accepted, and
+        the log tells them apart by CN and fingerprint.
+        """
+        alice, bob = selfSigned("alice"), selfSigned("bob")
+        context = serverContext(self.server, [alice.certificate, bob.certificate])
+        for client in (alice, bob):
+            Connection(context, clientContext(client, [self.ca.certificate])).flush()
+        accepted = self.mtlsdEvents("accepted")
+        self.assertEqual([e["commonName"] for e in accepted], ["alice", "bob"])
+        self.assertNotEqual(accepted[0]["fingerprint"], accepted[1]["fingerprint"])
+
+    def test_echoAndClosedEvent(self) -> None:
+        """
+        The echo app writes back what it reads; when the client closes, a
+        C{closed} event gives the bytes in and out.
+        """
+        client = selfSigned("alice")
+        c = Connection(
+            serverContext(self.server, [client.certificate]),
+            clientContext(client, [self.ca.certificate]),
+            app=Echo(),
+        )
+        c.flush()
+        c.clientTLS.write(b"hello\n")
+        c.flush()
+        self.assertEqual(c.client.received, b"hello\n")
+        c.clientTLS.loseConnection()
+        c.flush()
+        self.assertIsNone(describeClientFailure(c.client.lost, None, None))
+        [closed] = self.mtlsdEvents("closed")
+        self.assertEqual((closed["bytesIn"], closed["bytesOut"]), (6, 6))
+
+
+class RejectTests(_LoggingTestCase):
+    """
+    Clients without a trusted, valid client certificate never reach the
+    application, and each rejection is logged once with its reason.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ca = TestCA()
+        self.server = self.ca.server()
+        self.trusted = selfSigned("trusted")
+        self.built: list[Recorder] = []
+
+    def assertRejected(self, client, reason: str, trusted=None) -> Connection:
+        c = Connection(
+            serverContext(self.server, trusted or [self.trusted.certificate]),
+            clientContext(client, [self.ca.certificate]),
+        )
+        c.flush()
+        self.assertFalse(c.app.made)
+        self.assertIsNotNone(c.client.lost)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], reason)
+        self.assertEqual(rejected["client"], "192.0.2.7:40001")
+        self.assertEqual(rejected["log_level"], LogLevel.info)
+        self.assertEqual(self.mtlsdEvents("accepted"), [])
+        return c
+
+    def test_noClientCertificate(self) -> None:
+        """
+        A client that presents no certificate: C{no client certificate}; the
+        client learns that the server rejected it.
+        """
+        c = self.assertRejected(None, "no client certificate")
+        error = describeClientFailure(c.client.lost, c.clientContext, None)
+        self.assertIsInstance(error, ServerRejectedClient)
+        self.assertIn("rejected this client's certificate", str(error))
+
+    def test_untrustedSelfSigned(self) -> None:
+        """
+        A self-signed certificate not in the bundle: OpenSSL's text.
+        """
+        c = self.assertRejected(selfSigned("mallory"), "self-signed certificate")
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual((rejected["depth"], rejected["subject"]), (0, "CN=mallory"))
+        self.assertTrue(c.client.handshook or c.client.lost)
+
+    def test_otherCA(self) -> None:
+        """
+        A certificate from a CA that is not trusted.
+        """
+        self.assertRejected(
+            TestCA("Other CA").issue("eve"), "unable to get local issuer certificate"
+        )
+
+    def test_expired(self) -> None:
+        """
+        The server verifies the client certificate's expiration date: an
+        expired certificate that is in the bundle is rejected.
+        """
+        expired = selfSigned("old", notBefore=hoursAgo(48), days=1)
+        self.assertRejected(
+            expired, "certificate has expired", trusted=[expired.certificate]
+        )
+
+    def test_notYetValid(self) -> None:
+        """
+        A certificate in the bundle whose validity starts tomorrow is rejected.
+        """
+        future = selfSigned("future", notBefore=hoursAgo(-24))
+        self.assertRejected(
+            future,
+            verifyErrorText(Codes.ERR_CERT_NOT_YET_VALID),
+            trusted=[future.certificate],
+        )
+
+    def test_expiredCAIssued(self) -> None:
+        """
+        An expired leaf of a trusted CA is rejected.
+        """
+        old = self.ca.issue("old", notBefore=hoursAgo(48), days=1)
+        self.assertRejected(old, "certificate has expired", trusted=[self.ca.certificate])
+
+    def test_serverOnlyUsage(self) -> None:
+        """
+        A trusted certificate whose extended key usage excludes clientAuth is
+        rejected with OpenSSL's reason.
+        """
+        serverOnly = selfSigned("server-only", usages=(SERVER_AUTH,))
+        self.assertRejected(
+            serverOnly,
+            verifyErrorText(Codes.ERR_INVALID_PURPOSE),
+            trusted=[serverOnly.certificate],
+        )
+
+    def connectRaw(self, clock: Clock | None = None):
+        """
+        Connect the server to a transport that records what it writes, with
+        no TLS client on the other end.
+        """
+        factory = mtlsServerFactory(
+            serverContext(self.server, [self.trusted.certificate]),
+            Factory.forProtocol(lambda: self.built.append(Recorder()) or self.built[-1]),
+            handshakeTimeout=5,
+            clock=clock or Clock(),
+        )
+        protocol = factory.buildProtocol(CLIENT_ADDRESS)
+        transport = StringTransportWithDisconnection(peerAddress=CLIENT_ADDRESS)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A client that connects and never sends a ClientHello is cut after the
+        handshake timeout and logged as such.
+        """
+        clock = Clock()
+        protocol, transport = self.connectRaw(clock)
+        clock.advance(4.9)
+        self.assertTrue(transport.connected)
+        clock.advance(0.2)
+        self.assertFalse(transport.connected)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "handshake timeout")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_notTLS(self) -> None:
+        """
+        An HTTP request or random bytes instead of a ClientHello: C{not TLS},
+        and the application never starts.
+        """
+        for garbage in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256))]:
+            protocol, transport = self.connectRaw()
+            protocol.dataReceived(garbage)
+            self.assertFalse(transport.connected)
+        self.assertEqual(
+            [e["reason"] for e in self.mtlsdEvents("rejected")], ["not TLS", "not TLS"]
+        )
+        self.assertEqual(self.built, [])
+
+    def test_closedBeforeHandshake(self) -> None:
+        """
+        A client that connects and closes without a byte (a TCP health check)
+        is logged as C{closed before handshake}.
+        """
+        protocol, transport = self.connectRaw()
+        transport.loseConnection()
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "closed before handshake")
+
+
+class VerifyErrorTextTests(SynchronousTestCase):
+    """
+    L{verifyErrorText} gives OpenSSL's own texts.
+    """
+
+    def test_texts(self) -> None:
+        """
+        The codes mtlsd's README and logs quote have OpenSSL's texts.
+        """
+        self.assertEqual(
+            verifyErrorText(Codes.ERR_CERT_HAS_EXPIRED), "certificate has expired"
+        )
+        self.assertEqual(
+            verifyErrorText(Codes.ERR_DEPTH_ZERO_SELF_SIGNED_CERT),
+            "self-signed certificate",
+        )
+        self.assertEqual(
+            verifyErrorText(Codes.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY),
+            "unable to get local issuer certificate",
+        )
