@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -94,7 +95,7 @@ def loadPrivateKey(path: Path, what: str) -> PrivateKeyTypes:
             f"{what} file {path} holds an encrypted private key; mtlsd needs it"
             f" unencrypted (openssl pkey -in {path} -out plain.key)."
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise ConfigurationError(
             f"{what} file {path} holds no usable PEM private key."
         ) from None

@@ -97,6 +97,7 @@ class Recorder(Protocol):
 
     def connectionMade(self) -> None:
         self.made = True
+        self.handle = getattr(self.transport, "getHandle", lambda: None)()
 
     def handshakeCompleted(self) -> None:
         self.handshook = True
@@ -145,7 +146,7 @@ class Connection:
             ),
             clock=self.clock,
         )
-        self.clientConnection = self.clientTLS.getHandle()
+        self.clientConnection = self.client.handle
 
     @property
     def gate(self):

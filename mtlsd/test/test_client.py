@@ -1,0 +1,122 @@
+"""
+Tests for L{mtlsd._client}: the client verifies the server's chain and name,
+fails closed, and explains every failure.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtlsd import ServerNotTrusted, ServerRejectedClient
+from mtlsd._client import describeClientFailure
+from mtlsd.test.helpers import Connection, TestCA, clientContext, selfSigned, serverContext
+
+
+class ClientTests(SynchronousTestCase):
+    """
+    What the client accepts, and the sentence it gives when it does not.
+    """
+
+    def setUp(self) -> None:
+        self.ca = TestCA()
+        self.client = selfSigned("alice")
+
+    def connect(self, server, hostname="localhost", trusted=None) -> Connection:
+        c = Connection(
+            serverContext(server, [self.client.certificate]),
+            clientContext(self.client, trusted or [self.ca.certificate], hostname),
+        )
+        c.flush()
+        return c
+
+    def failure(self, c: Connection) -> Exception | None:
+        self.assertIsNotNone(c.client.lost)
+        return describeClientFailure(c.client.lost, c.clientContext, c.clientConnection)
+
+    def test_verifiesDNSAndIP(self) -> None:
+        """
+        A server certificate with DNS and IP SANs is accepted under either
+        name.
+        """
+        server = self.ca.server(names=("localhost", "127.0.0.1", "::1"))
+        for name in ("localhost", "127.0.0.1", "::1"):
+            c = self.connect(server, name)
+            self.assertTrue(c.app.made, name)
+            self.assertIsNone(c.client.lost)
+
+    def test_noSubjectAltName(self) -> None:
+        """
+        A server certificate with a CN and no subjectAltName (as the classic
+        recipe makes it) fails the handshake, with a sentence that says how
+        to fix it.  Twisted's own client lets it through.
+        """
+        recipe = selfSigned("example.com", usages=())
+        c = self.connect(recipe, "example.com", trusted=[recipe.certificate])
+        self.assertFalse(c.client.handshook)
+        self.assertFalse(c.app.made)
+        error = self.failure(c)
+        self.assertIsInstance(error, ServerNotTrusted)
+        self.assertIn("no subjectAltName", str(error))
+        self.assertIn("-addext subjectAltName=DNS:example.com", str(error))
+
+    def test_nameMismatch(self) -> None:
+        """
+        A server certificate for other names is refused, naming the name.
+        """
+        c = self.connect(self.ca.server(names=("localhost",)), "example.test")
+        self.assertFalse(c.app.made)
+        error = self.failure(c)
+        self.assertIsInstance(error, ServerNotTrusted)
+        self.assertIn("not valid for example.test", str(error))
+
+    def test_ipMismatch(self) -> None:
+        """
+        A DNS-only server certificate does not match an IP address.
+        """
+        c = self.connect(self.ca.server(names=("localhost",)), "127.0.0.1")
+        self.assertFalse(c.app.made)
+        self.assertIn("not valid for 127.0.0.1", str(self.failure(c)))
+
+    def test_untrustedServer(self) -> None:
+        """
+        A server whose certificate does not chain to the client's CAs is
+        refused with OpenSSL's reason.
+        """
+        c = self.connect(TestCA("Other").server())
+        self.assertFalse(c.app.made)
+        error = self.failure(c)
+        self.assertIsInstance(error, ServerNotTrusted)
+        self.assertIn("unable to get local issuer certificate", str(error))
+
+    def test_expiredServer(self) -> None:
+        """
+        An expired server certificate is refused with OpenSSL's reason.
+        """
+        from mtlsd.test.helpers import hoursAgo
+
+        c = self.connect(self.ca.server(notBefore=hoursAgo(48), days=1))
+        self.assertIn("certificate has expired", str(self.failure(c)))
+
+    def test_rejectedAfterHandshake(self) -> None:
+        """
+        With TLS 1.3 the client's handshake completes before the server has
+        checked the client certificate; the server's alert then becomes
+        L{ServerRejectedClient}, not a clean close.
+        """
+        stranger = selfSigned("stranger")
+        c = Connection(
+            serverContext(self.ca.server(), [self.client.certificate]),
+            clientContext(stranger, [self.ca.certificate]),
+        )
+        c.flush()
+        self.assertTrue(c.client.handshook)
+        error = self.failure(c)
+        self.assertIsInstance(error, ServerRejectedClient)
+        self.assertIn("rejected this client's certificate", str(error))
+        self.assertEqual(c.clientConnection.get_protocol_version_name(), "TLSv1.3")
+
+    def test_serverCertificateWithClientUsageOnly(self) -> None:
+        """
+        A server certificate whose EKU is clientAuth only is refused.
+        """
+        server = self.ca.issue("localhost", names=("localhost",))
+        c = self.connect(server)
+        self.assertIsInstance(self.failure(c), ServerNotTrusted)
