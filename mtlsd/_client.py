@@ -27,7 +27,11 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,6 +39,7 @@ from zope.interface import implementer
 from ._context import VerifyFailure, VerifyRecorder
 from ._errors import ConfigurationError
 from ._files import loadCertificates, loadPrivateKey
+from ._identity import identityFromCertificate
 from ._reasons import opensslReasons, peerAlert
 
 Path = str | os.PathLike[str]
@@ -85,9 +90,7 @@ class ClientTLSSettings:
                 raise ConfigurationError("--key was given without --cert.")
             return cls(None, None, (), trusted)
         certificate, *chain = loadCertificates(certificatePath, "client certificate")
-        privateKey = loadPrivateKey(
-            certificatePath if keyPath is None else keyPath, "client key"
-        )
+        privateKey = loadPrivateKey(certificatePath if keyPath is None else keyPath, "client key")
         return cls(certificate, privateKey, tuple(chain), trusted)
 
     def connectionCreator(self, hostname: str) -> ClientContext:
@@ -164,18 +167,23 @@ class ClientContext:
         protocol = weakref.ref(tlsProtocol)
 
         def verify(
-            connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+            connection: SSL.Connection,
+            cert: crypto.X509,
+            errno: int,
+            depth: int,
+            ok: int,
         ) -> bool:
             if not self._recorder.record(connection, cert, errno, depth, ok):
                 return False
             if depth != 0:
                 return True
+            certificate = cert.to_cryptography()
             try:
-                _checkName(cert.to_cryptography(), self.hostname)
+                _checkName(certificate, self.hostname)
             except Exception as e:
                 tls = protocol()
                 if tls is not None:
-                    tls.failVerification(Failure(_nameError(e, self.hostname)))
+                    tls.failVerification(Failure(_nameError(e, certificate, self.hostname)))
                 return False
             return True
 
@@ -189,7 +197,7 @@ class ClientContext:
         return self._recorder.failure(connection)
 
 
-def _nameError(error: Exception, hostname: str) -> ServerNotTrusted:
+def _nameError(error: Exception, certificate: x509.Certificate, hostname: str) -> ServerNotTrusted:
     if isinstance(error, CertificateError) and "subjectAltName" in str(error):
         return ServerNotTrusted(
             "the server certificate has no subjectAltName, so it cannot be"
@@ -197,8 +205,11 @@ def _nameError(error: Exception, hostname: str) -> ServerNotTrusted:
             f" regenerate it with -addext subjectAltName=DNS:{hostname}"
         )
     if isinstance(error, VerificationError):
+        identity = identityFromCertificate(certificate)
+        names = ", ".join([*identity.dnsNames, *identity.ipAddresses])
         return ServerNotTrusted(
-            f"the server certificate is not valid for {hostname}: {error}"
+            f"the server certificate is not valid for {hostname} (it is for: {names});"
+            " use --servername with one of its names, or reissue it"
         )
     return ServerNotTrusted(f"the server certificate cannot be checked: {error}")
 
@@ -228,9 +239,7 @@ def describeClientFailure(
     alert = peerAlert(reason)
     if alert is not None:
         if "certificate" in alert or "unknown ca" in alert or "access denied" in alert:
-            return ServerRejectedClient(
-                f"the server rejected this client's certificate ({alert})"
-            )
+            return ServerRejectedClient(f"the server rejected this client's certificate ({alert})")
         return ServerRejectedClient(f"the server ended the handshake ({alert})")
     texts = opensslReasons(error)
     if texts:

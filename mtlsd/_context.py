@@ -18,7 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509StoreFlags
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    trustRootFromCertificates,
+)
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -86,8 +90,7 @@ class ServerTLSSettings:
         privateKey = loadPrivateKey(keyPath, "server key")
         if _spki(privateKey.public_key()) != _spki(certificate.public_key()):
             raise ConfigurationError(
-                f"server key file {keyPath} does not match the certificate in"
-                f" {certificatePath}."
+                f"server key file {keyPath} does not match the certificate in {certificatePath}."
             )
         if not clientCertificatePaths:
             raise ConfigurationError("no trusted client certificates were given.")
@@ -149,12 +152,15 @@ class VerifyRecorder:
     """
 
     def __init__(self) -> None:
-        self._failures: WeakKeyDictionary[SSL.Connection, VerifyFailure] = (
-            WeakKeyDictionary()
-        )
+        self._failures: WeakKeyDictionary[SSL.Connection, VerifyFailure] = WeakKeyDictionary()
 
     def record(
-        self, connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
+        self,
+        connection: SSL.Connection,
+        certificate: X509,
+        errno: int,
+        depth: int,
+        ok: int,
     ) -> bool:
         """
         A verify callback (the signature of L{SSL.Context.set_verify}'s) that

@@ -34,9 +34,7 @@ def readFile(path: Path, what: str) -> bytes:
     except IsADirectoryError:
         raise ConfigurationError(f"{what} file {path} is a directory.") from None
     except OSError as e:
-        raise ConfigurationError(
-            f"{what} file {path} cannot be read: {e.strerror}."
-        ) from None
+        raise ConfigurationError(f"{what} file {path} cannot be read: {e.strerror}.") from None
 
 
 def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
@@ -56,7 +54,7 @@ def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
     if not starts:
         raise ConfigurationError(f"{source} holds no PEM certificate.")
     certificates = []
-    for number, (start, end) in enumerate(zip(starts, [*starts[1:], len(data)]), 1):
+    for number, (start, end) in enumerate(zip(starts, [*starts[1:], len(data)], strict=True), 1):
         try:
             certificates.append(x509.load_pem_x509_certificate(data[start:end]))
         except ValueError as e:
@@ -96,6 +94,4 @@ def loadPrivateKey(path: Path, what: str) -> PrivateKeyTypes:
             f" unencrypted (openssl pkey -in {path} -out plain.key)."
         ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ConfigurationError(
-            f"{what} file {path} holds no usable PEM private key."
-        ) from None
+        raise ConfigurationError(f"{what} file {path} holds no usable PEM private key.") from None

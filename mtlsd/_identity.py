@@ -60,9 +60,7 @@ def identityFromCertificate(certificate: x509.Certificate) -> PeerIdentity:
     @return: the L{PeerIdentity} of C{certificate}.
     """
     try:
-        san = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dnsNames = tuple(san.get_values_for_type(x509.DNSName))
         ipAddresses = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -81,9 +79,7 @@ def identityFromCertificate(certificate: x509.Certificate) -> PeerIdentity:
         ipAddresses=ipAddresses,
         uris=uris,
         emails=emails,
-        organizationalUnits=_attributeValues(
-            certificate.subject, NameOID.ORGANIZATIONAL_UNIT_NAME
-        ),
+        organizationalUnits=_attributeValues(certificate.subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
         fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
         spkiFingerprint=spkiDigest.finalize().hex(),
         serial=certificate.serial_number,

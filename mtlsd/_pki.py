@@ -83,13 +83,15 @@ def makeCertificate(
     """
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
     if organizationalUnit:
-        attributes.append(
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, organizationalUnit)
-        )
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, organizationalUnit))
     subject = x509.Name(attributes)
-    issuerName, signingKey = (subject, key) if issuer is None else (
-        issuer[0].subject,
-        issuer[1],
+    issuerName, signingKey = (
+        (subject, key)
+        if issuer is None
+        else (
+            issuer[0].subject,
+            issuer[1],
+        )
     )
     start = notBefore or datetime.datetime.now(datetime.timezone.utc) - (
         datetime.timedelta(hours=1)
@@ -117,9 +119,7 @@ def makeCertificate(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if issuer is not None:
         builder = builder.add_extension(
@@ -127,14 +127,10 @@ def makeCertificate(
             critical=False,
         )
     if usages:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(list(usages)), critical=False
-        )
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     general = _generalNames(names, uris, emails)
     if general:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(general), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)
     return builder.sign(signingKey, hashes.SHA256())
 
 
@@ -213,7 +209,13 @@ class DevelopmentPKI:
         """
         return all(
             self.path(name).exists()
-            for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+            for name in (
+                "ca.crt",
+                "server.crt",
+                "server.key",
+                "client.crt",
+                "client.key",
+            )
         )
 
     def init(self, serverNames: Sequence[str] = ()) -> None:

@@ -44,6 +44,8 @@ def formatAddress(address: IAddress) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is not None and port is not None:
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:") :]  # an IPv4 client of a dual-stack socket
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     name = getattr(address, "name", None)
     if name is not None:
@@ -84,9 +86,7 @@ class _GateProtocol(ProtocolWrapper):
     def connectionMade(self) -> None:
         clock = self.factory.clock
         self._startedAt = clock.seconds()
-        self._timeout = clock.callLater(
-            self.factory.handshakeTimeout, self._handshakeTimedOut
-        )
+        self._timeout = clock.callLater(self.factory.handshakeTimeout, self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
         self._timeout = None
@@ -254,7 +254,5 @@ class MtlsServerEndpoint:
         Listen, starting C{protocolFactory}'s protocols for verified clients.
         """
         return self._endpoint.listen(
-            mtlsServerFactory(
-                self._context, protocolFactory, self._handshakeTimeout, self._clock
-            )
+            mtlsServerFactory(self._context, protocolFactory, self._handshakeTimeout, self._clock)
         )

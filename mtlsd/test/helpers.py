@@ -154,5 +154,3 @@ class Connection:
 
     def flush(self) -> None:
         self.pump.flush()
-
-

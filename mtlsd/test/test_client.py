@@ -7,7 +7,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
 from mtlsd._client import describeClientFailure
-from mtlsd.test.helpers import Connection, TestCA, clientContext, selfSigned, serverContext
+from mtlsd.test.helpers import (
+    Connection,
+    TestCA,
+    clientContext,
+    selfSigned,
+    serverContext,
+)
 
 
 class ClientTests(SynchronousTestCase):

@@ -37,7 +37,10 @@ class FilesTests(SynchronousTestCase):
         """
         Every certificate of a bundle is loaded; a key after them is ignored.
         """
-        path = self.write("b.pem", certificatePEM(self.a.certificate, self.b.certificate) + keyPEM(self.a.key))
+        path = self.write(
+            "b.pem",
+            certificatePEM(self.a.certificate, self.b.certificate) + keyPEM(self.a.key),
+        )
         self.assertEqual(
             loadCertificates(path, "client certificates"),
             [self.a.certificate, self.b.certificate],
@@ -48,7 +51,12 @@ class FilesTests(SynchronousTestCase):
         A missing file is named.
         """
         missing = os.path.join(self.dir, "nope.pem")
-        self.assertError(f"client certificates file {missing} does not exist", loadCertificates, missing, "client certificates")
+        self.assertError(
+            f"client certificates file {missing} does not exist",
+            loadCertificates,
+            missing,
+            "client certificates",
+        )
 
     def test_unreadable(self) -> None:
         """
@@ -65,7 +73,12 @@ class FilesTests(SynchronousTestCase):
         A file without a PEM certificate (a key, text) is named.
         """
         path = self.write("key.pem", keyPEM(self.a.key))
-        self.assertError(f"{path} holds no PEM certificate", loadCertificates, path, "server certificate")
+        self.assertError(
+            f"{path} holds no PEM certificate",
+            loadCertificates,
+            path,
+            "server certificate",
+        )
 
     def test_brokenBlock(self) -> None:
         """
@@ -106,7 +119,13 @@ class FilesTests(SynchronousTestCase):
         cert = self.write("s.crt", certificatePEM(self.a.certificate))
         key = self.write("s.key", keyPEM(self.b.key))
         clients = self.write("c.pem", certificatePEM(self.b.certificate))
-        self.assertError("does not match the certificate", ServerTLSSettings.fromFiles, cert, key, [clients])
+        self.assertError(
+            "does not match the certificate",
+            ServerTLSSettings.fromFiles,
+            cert,
+            key,
+            [clients],
+        )
 
     def test_keyInsideCertificateFile(self) -> None:
         """
@@ -115,7 +134,10 @@ class FilesTests(SynchronousTestCase):
         """
         ca = TestCA()
         server = ca.server()
-        cert = self.write("s.pem", certificatePEM(server.certificate, ca.certificate) + keyPEM(server.key))
+        cert = self.write(
+            "s.pem",
+            certificatePEM(server.certificate, ca.certificate) + keyPEM(server.key),
+        )
         clients = self.write("c.pem", certificatePEM(self.a.certificate, self.b.certificate))
         settings = ServerTLSSettings.fromFiles(cert, None, [clients])
         self.assertEqual(settings.certificate, server.certificate)
@@ -130,4 +152,7 @@ class FilesTests(SynchronousTestCase):
         settings = ServerTLSSettings(old.certificate, old.key, (), (self.a.certificate,))
         [warning] = settings.warnings()
         self.assertIn("EXPIRED", warning)
-        self.assertEqual(ServerTLSSettings(self.a.certificate, self.a.key, (), (self.a.certificate,)).warnings(), [])
+        self.assertEqual(
+            ServerTLSSettings(self.a.certificate, self.a.key, (), (self.a.certificate,)).warnings(),
+            [],
+        )

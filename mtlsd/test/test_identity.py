@@ -88,7 +88,8 @@ class IdentityTests(SynchronousTestCase):
         )
         c.flush()
         self.assertEqual(
-            peerIdentity(c.app.transport), identityFromCertificate(self.client.certificate)
+            peerIdentity(c.app.transport),
+            identityFromCertificate(self.client.certificate),
         )
         self.assertEqual(peerIdentity(c.client.transport).commonName, "localhost")
 

@@ -65,9 +65,7 @@ class AcceptTests(_LoggingTestCase):
         [accepted] = self.mtlsdEvents("accepted")
         self.assertEqual(accepted["commonName"], "alice")
         self.assertEqual(accepted["client"], "192.0.2.7:40001")
-        self.assertEqual(
-            accepted["fingerprint"], peerIdentity(c.app.transport).fingerprint
-        )
+        self.assertEqual(accepted["fingerprint"], peerIdentity(c.app.transport).fingerprint)
         self.assertEqual(self.mtlsdEvents("rejected"), [])
 
     def test_caIssuedClient(self) -> None:
@@ -99,9 +97,7 @@ class AcceptTests(_LoggingTestCase):
         self.assertFalse(bad.app.made)
         [rejected] = self.mtlsdEvents("rejected")
         # The client sends the pinned CA along (it is in its trust store).
-        self.assertEqual(
-            rejected["reason"], "self-signed certificate in certificate chain"
-        )
+        self.assertEqual(rejected["reason"], "self-signed certificate in certificate chain")
 
     def test_severalSelfSignedToldApart(self) -> None:
         """
@@ -199,9 +195,7 @@ class RejectTests(_LoggingTestCase):
         expired certificate that is in the bundle is rejected.
         """
         expired = selfSigned("old", notBefore=hoursAgo(48), days=1)
-        self.assertRejected(
-            expired, "certificate has expired", trusted=[expired.certificate]
-        )
+        self.assertRejected(expired, "certificate has expired", trusted=[expired.certificate])
 
     def test_notYetValid(self) -> None:
         """
@@ -299,9 +293,7 @@ class VerifyErrorTextTests(SynchronousTestCase):
         """
         The codes mtlsd's README and logs quote have OpenSSL's texts.
         """
-        self.assertEqual(
-            verifyErrorText(Codes.ERR_CERT_HAS_EXPIRED), "certificate has expired"
-        )
+        self.assertEqual(verifyErrorText(Codes.ERR_CERT_HAS_EXPIRED), "certificate has expired")
         self.assertEqual(
             verifyErrorText(Codes.ERR_DEPTH_ZERO_SELF_SIGNED_CERT),
             "self-signed certificate",

@@ -1,0 +1,209 @@
+# -*- test-case-name: mtlsd.test.test_cli -*-
+"""
+The C{mtlsd} command: C{pki}, C{inspect} and C{connect}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+from ._client import ClientTLSSettings
+from ._errors import ConfigurationError
+from ._files import loadCertificates
+from ._inspect import describeCertificate
+from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+
+
+def parseHostPort(value: str) -> tuple[str, int]:
+    """
+    Split C{HOST:PORT} or C{[IPv6]:PORT}.
+
+    @raise ValueError: if it is not of that form.
+    """
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlsd", description="Mutual TLS: a development PKI, inspection, a client."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pki = commands.add_parser("pki", help="make a development PKI and certificates")
+    pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue")
+    init = pkiCommands.add_parser(
+        "init",
+        help="create a development PKI",
+        description="Create ca.crt, ca.key, server.crt/.key (for localhost, 127.0.0.1,"
+        " ::1 and --server-name), client.crt/.key and an empty crl.pem in DIR."
+        " Existing files are kept.",
+    )
+    init.add_argument("directory", nargs="?", default=DEFAULT_PKI_DIR, metavar="DIR")
+    init.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address for the server certificate (repeatable)",
+    )
+    issue = pkiCommands.add_parser(
+        "issue",
+        help="issue a client certificate",
+        description="Write NAME.crt and NAME.key, signed by the PKI's CA.",
+    )
+    issue.add_argument("name", metavar="NAME")
+    issue.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
+    issue.add_argument("--self-signed", action="store_true", help="make it self-signed")
+    issue.add_argument("--days", type=int, default=365, help="days of validity")
+    issue.add_argument("--dns", action="append", default=[], help="DNS name (repeatable)")
+    issue.add_argument(
+        "--uri", action="append", default=[], help="URI, e.g. a SPIFFE ID (repeatable)"
+    )
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="describe the certificates in PEM files",
+        description="Describe every certificate in each PEM file.",
+    )
+    inspect.add_argument("files", nargs="+", metavar="FILE")
+
+    connect = commands.add_parser(
+        "connect",
+        help="talk to a mutual-TLS server",
+        description="Send standard input to a mutual-TLS server and print its answer."
+        " Without --cert/--key/--ca the development PKI's files are used.",
+    )
+    connect.add_argument("address", type=parseHostPort, metavar="HOST:PORT")
+    connect.add_argument("--cert", help="client certificate PEM (optionally with chain and key)")
+    connect.add_argument("--key", help="client private key PEM (default: inside --cert)")
+    connect.add_argument(
+        "--ca",
+        help="CA certificates (or the server's own certificate) to verify the server",
+    )
+    connect.add_argument(
+        "--servername", help="name to verify on the server certificate (default: HOST)"
+    )
+    connect.add_argument(
+        "--pki",
+        default=DEFAULT_PKI_DIR,
+        metavar="DIR",
+        help="development PKI for defaults",
+    )
+    connect.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the server's identity to standard error",
+    )
+    return parser
+
+
+def _pki(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.pkiCommand == "init":
+        pki = DevelopmentPKI(args.directory)
+        verb = "kept the existing" if pki.exists() else "created a"
+        pki.init(args.server_name)
+        out.write(f"{verb} development PKI in {pki.directory.absolute()}\n")
+        return 0
+    pki = DevelopmentPKI(args.pki)
+    if not args.self_signed and not pki.exists():
+        raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")
+    pki.directory.mkdir(parents=True, exist_ok=True)
+    pki.issue(
+        args.name,
+        selfSigned=args.self_signed,
+        days=args.days,
+        dnsNames=args.dns,
+        uris=args.uri,
+    )
+    out.write(f"wrote {pki.path(args.name + '.crt')} and {pki.path(args.name + '.key')}\n")
+    return 0
+
+
+def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            certificates = loadCertificates(path, "certificate")
+        except ConfigurationError as e:
+            err.write(f"mtlsd inspect: {e}\n")
+            status = 1
+            continue
+        for number, certificate in enumerate(certificates, 1):
+            out.write(f"{path} [{number}/{len(certificates)}]\n")
+            for line in describeCertificate(certificate):
+                out.write(line + "\n")
+    return status
+
+
+def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
+    """
+    The client's files: as given, else the development PKI's.
+    """
+    pki = DevelopmentPKI(args.pki)
+    cert, key, ca = args.cert, args.key, args.ca
+    if cert is None and key is None and pki.exists():
+        cert, key = pki.path("client.crt"), pki.path("client.key")
+    if ca is None:
+        if not pki.exists():
+            raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
+        ca = pki.path("ca.crt")
+    return ClientTLSSettings.fromFiles(cert, key, ca)
+
+
+def _connect(args: argparse.Namespace, err: IO[str]) -> int:
+    from twisted.internet.task import react
+
+    from ._connect import relayFactory
+
+    host, port = args.address
+    context = _clientSettings(args).connectionCreator(args.servername or host)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    status = 0
+
+    async def main(reactor: Any) -> None:
+        nonlocal status
+        done: Deferred[None] = Deferred()
+        endpoint = wrapClientTLS(context, HostnameEndpoint(reactor, host, port))
+        try:
+            await endpoint.connect(relayFactory(context, args.verbose, err, done))
+            await done
+        except Exception as e:
+            err.write(f"mtlsd connect: {where}: {e}\n")
+            status = 1
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    except SystemExit as e:
+        if e.code:
+            return int(e.code)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run the C{mtlsd} command.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "pki":
+            status = _pki(args, sys.stdout)
+        elif args.command == "inspect":
+            status = _inspect(args, sys.stdout, sys.stderr)
+        else:
+            status = _connect(args, sys.stderr)
+    except ConfigurationError as e:
+        sys.stderr.write(f"mtlsd {args.command}: {e}\n")
+        status = 1
+    raise SystemExit(status)

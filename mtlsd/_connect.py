@@ -1,0 +1,129 @@
+# -*- test-case-name: mtlsd.test.test_cli -*-
+"""
+C{mtlsd connect}: standard input to a mutual-TLS server, its answer to
+standard output, like C{openssl s_client -quiet} but verifying.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.stdio import StandardIO
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._client import ClientContext, describeClientFailure
+from ._identity import peerIdentity
+
+
+@implementer(IHalfCloseableProtocol)
+class _StandardIOSide(Protocol):
+    """
+    Standard input and output: input goes to the TLS side; at the end of
+    input the TLS side sends close_notify and keeps reading.
+    """
+
+    def __init__(self, relay: _TLSSide) -> None:
+        self.relay = relay
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.relay.endOfInput()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.relay.standardIOClosed()
+
+
+@implementer(IHandshakeListener)
+class _TLSSide(Protocol):
+    """
+    The mutual-TLS connection: the server's bytes go to standard output.
+    """
+
+    def __init__(
+        self,
+        context: ClientContext,
+        verbose: bool,
+        stderr: IO[str],
+        done: Deferred[None],
+    ) -> None:
+        self.context = context
+        self.verbose = verbose
+        self.stderr = stderr
+        self.done = done
+        self.stdio: StandardIO | None = None
+        self.handshakeDone = False
+        self.inputEnded = False
+        self.error: Exception | None = None
+
+    def connectionMade(self) -> None:
+        self.connection = self.transport.getHandle()  # type: ignore[union-attr]
+        self.stdio = StandardIO(_StandardIOSide(self))
+        self.transport.registerProducer(self.stdio, True)  # type: ignore[union-attr]
+        self.stdio.registerProducer(self.transport, True)
+
+    def handshakeCompleted(self) -> None:
+        self.handshakeDone = True
+        if self.verbose:
+            identity = peerIdentity(self.transport)
+            names = ", ".join([*identity.dnsNames, *identity.ipAddresses])
+            self.stderr.write(
+                f"mtlsd connect: connected with"
+                f" {self.connection.get_protocol_version_name()}; server"
+                f" {identity.subject} (names: {names or 'none'}), issuer"
+                f" {identity.issuer}, sha256 {identity.fingerprint}\n"
+            )
+            self.stderr.flush()
+        if self.inputEnded:
+            self._closeWrite()
+
+    def endOfInput(self) -> None:
+        """
+        Standard input is exhausted: send close_notify once the handshake
+        is done (closing earlier would abort it), then keep reading.
+        """
+        self.inputEnded = True
+        if self.handshakeDone:
+            self._closeWrite()
+
+    def _closeWrite(self) -> None:
+        # Twisted's TLS transport sends close_notify only once no producer is
+        # registered, and then still delivers what the server sends until
+        # the server's own close_notify.
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.stdio is not None
+        self.stdio.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.error = describeClientFailure(reason, self.context, self.connection)
+        assert self.stdio is not None
+        self.stdio.loseConnection()
+
+    def standardIOClosed(self) -> None:
+        if not self.done.called:
+            if self.error is None:
+                self.done.callback(None)
+            else:
+                self.done.errback(self.error)
+
+
+def relayFactory(
+    context: ClientContext, verbose: bool, stderr: IO[str], done: Deferred[None]
+) -> Factory:
+    """
+    @return: a factory for the one connection of C{mtlsd connect}; C{done}
+        fires when the server has closed and the output is flushed, or
+        fails with the reason the connection failed.
+    """
+    return Factory.forProtocol(lambda: _TLSSide(context, verbose, stderr, done))

@@ -1,0 +1,241 @@
+# -*- test-case-name: mtlsd.test.test_tap -*-
+"""
+The twistd plugin: C{twistd -n mtlsd [options]}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import (
+    quoteStringArgument,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.wire import Echo
+from twisted.python import usage
+from twisted.python.reflect import namedAny
+
+from ._context import DEFAULT_VERIFY_DEPTH, ServerContext, ServerTLSSettings
+from ._errors import ConfigurationError
+from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+from ._server import DEFAULT_HANDSHAKE_TIMEOUT, MtlsServerEndpoint
+
+DEFAULT_PORT = 8082
+
+log = Logger(namespace="mtlsd")
+
+
+def _positiveNumber(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+_positiveNumber.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd mtlsd}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A mutual-TLS server: only clients whose certificate is in (or chains"
+        " to) a --client-certs bundle get through to the app.  With no"
+        " --cert/--key/--client-certs it runs on a development PKI in --pki"
+        " (created on first run)."
+    )
+    optParameters = [
+        ["port", "p", None, f"TCP port to listen on (default {DEFAULT_PORT}).", int],
+        [
+            "interface",
+            "i",
+            "",
+            "Address to listen on with --port (default: all, IPv4 and IPv6).",
+        ],
+        [
+            "cert",
+            "c",
+            None,
+            "Server certificate PEM, optionally followed by its chain and key.",
+        ],
+        ["key", "k", None, "Server private key PEM (default: the key inside --cert)."],
+        [
+            "pki",
+            None,
+            DEFAULT_PKI_DIR,
+            "Development PKI directory, used when no --cert, --key or --client-certs is given.",
+        ],
+        [
+            "app",
+            None,
+            "echo",
+            "'echo', or the dotted name of a callable returning an IProtocolFactory.",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds a client has to complete the TLS handshake.",
+            _positiveNumber,
+        ],
+        [
+            "verify-depth",
+            None,
+            DEFAULT_VERIFY_DEPTH,
+            "Longest client certificate chain accepted.",
+            int,
+        ],
+    ]
+    compData = usage.Completions(
+        optActions={
+            "cert": usage.CompleteFiles("*.pem *.crt"),
+            "key": usage.CompleteFiles("*.pem *.key"),
+            "pki": usage.CompleteDirs(),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["client-certs"] = []
+        self["listen"] = []
+
+    def opt_client_certs(self, path: str) -> None:
+        """
+        PEM bundle of trusted client certificates and/or CAs (repeatable).
+        """
+        self["client-certs"].append(path)
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Plain server endpoint to put TLS on, e.g. tcp:8443 (repeatable; replaces --port).
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if self["listen"] and self["port"] is not None:
+            raise usage.UsageError("--listen and --port cannot be used together.")
+        if self["listen"] and self["interface"]:
+            raise usage.UsageError("--interface goes with --port, not --listen.")
+        if self["verify-depth"] < 1:
+            raise usage.UsageError("--verify-depth must be at least 1.")
+        given = [name for name in ("cert", "key") if self[name]]
+        if self["client-certs"]:
+            given.append("client-certs")
+        if given and "cert" not in given:
+            raise usage.UsageError(
+                "--key and --client-certs need --cert (or give none of them to"
+                " use the development PKI)."
+            )
+        if given and "client-certs" not in given:
+            raise usage.UsageError(
+                "--cert needs --client-certs: the bundle of trusted client"
+                " certificates (or give none of them to use the development PKI)."
+            )
+
+
+def _settings(options: Options) -> ServerTLSSettings:
+    if options["cert"]:
+        return ServerTLSSettings.fromFiles(
+            options["cert"],
+            options["key"],
+            options["client-certs"],
+            options["verify-depth"],
+        )
+    pki = DevelopmentPKI(options["pki"])
+    where = os.path.abspath(options["pki"])
+    if pki.exists():
+        log.info("using the development PKI in {where}", where=where)
+    else:
+        pki.init()
+        log.info(
+            "created a development PKI in {where}: ca.crt, server.crt (for"
+            " localhost, 127.0.0.1, ::1), client.crt and their keys",
+            where=where,
+        )
+    return ServerTLSSettings.fromFiles(
+        pki.path("server.crt"),
+        pki.path("server.key"),
+        [pki.path("ca.crt")],
+        options["verify-depth"],
+    )
+
+
+def _connectCommand(options: Options) -> str:
+    port = options["port"] or DEFAULT_PORT
+    command = f"echo hello | mtlsd connect localhost:{port}"
+    if options["pki"] != DEFAULT_PKI_DIR:
+        command += f" --pki {options['pki']}"
+    return command
+
+
+def _appFactory(name: str) -> IProtocolFactory:
+    if name == "echo":
+        echo = Factory.forProtocol(Echo)
+        echo.noisy = False
+        return echo
+    try:
+        factory = namedAny(name)()
+    except Exception as e:
+        raise ConfigurationError(f"--app {name} cannot be loaded: {e}.") from None
+    if not IProtocolFactory.providedBy(factory):
+        raise ConfigurationError(f"--app {name} did not return an IProtocolFactory.")
+    return factory  # type: ignore[no-any-return]
+
+
+def _endpoints(reactor: Any, options: Options) -> list[IStreamServerEndpoint]:
+    if not options["listen"]:
+        port = options["port"] or DEFAULT_PORT
+        # "::" is dual-stack on Linux: IPv4 clients arrive as ::ffff:a.b.c.d.
+        interface = options["interface"] or "::"
+        return [serverFromString(reactor, f"tcp:{port}:interface={quoteStringArgument(interface)}")]
+    endpoints = []
+    for description in options["listen"]:
+        try:
+            endpoints.append(serverFromString(reactor, description))
+        except Exception as e:
+            raise ConfigurationError(f"--listen {description}: {e}") from None
+    return endpoints
+
+
+def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
+    """
+    Build the mtlsd service from parsed options.  Bad files end the process
+    with one line naming the problem.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor  # type: ignore[assignment]
+    try:
+        settings = _settings(options)
+        appFactory = _appFactory(options["app"])
+        endpoints = _endpoints(reactor, options)
+    except ConfigurationError as e:
+        raise SystemExit(f"mtlsd: {e}") from None
+    for warning in settings.warnings():
+        log.warn("WARNING: {warning}", warning=warning)
+    context = ServerContext(settings)
+    service = MultiService()
+    for endpoint in endpoints:
+        child = StreamServerEndpointService(
+            MtlsServerEndpoint(context, endpoint, options["handshake-timeout"]),
+            appFactory,
+        )
+        child._raiseSynchronously = True
+        child.setServiceParent(service)
+    if not options["cert"]:
+        log.info("try: {command}", command=_connectCommand(options))
+    return service
