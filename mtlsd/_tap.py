@@ -35,14 +35,22 @@ DEFAULT_PORT = 8082
 log = Logger(namespace="mtlsd")
 
 
-def _positiveNumber(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
-    return number
+def _number(option: str, kind: type[int] | type[float], minimum: float) -> Any:
+    """
+    A coercer for C{usage.Options} whose error names the option.
+    """
 
+    def coerce(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise ValueError(f"--{option} wants a number of at least {minimum}, not {value!r}")
+        return number
 
-_positiveNumber.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options):
@@ -58,7 +66,13 @@ class Options(usage.Options):
         " (created on first run)."
     )
     optParameters = [
-        ["port", "p", None, f"TCP port to listen on (default {DEFAULT_PORT}).", int],
+        [
+            "port",
+            "p",
+            None,
+            f"TCP port to listen on (default {DEFAULT_PORT}).",
+            _number("port", int, 0),
+        ],
         [
             "interface",
             "i",
@@ -89,14 +103,14 @@ class Options(usage.Options):
             None,
             DEFAULT_HANDSHAKE_TIMEOUT,
             "Seconds a client has to complete the TLS handshake.",
-            _positiveNumber,
+            _number("handshake-timeout", float, 0.001),
         ],
         [
             "verify-depth",
             None,
             DEFAULT_VERIFY_DEPTH,
             "Longest client certificate chain accepted.",
-            int,
+            _number("verify-depth", int, 1),
         ],
     ]
     compData = usage.Completions(
@@ -129,8 +143,6 @@ class Options(usage.Options):
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
             raise usage.UsageError("--interface goes with --port, not --listen.")
-        if self["verify-depth"] < 1:
-            raise usage.UsageError("--verify-depth must be at least 1.")
         given = [name for name in ("cert", "key") if self[name]]
         if self["client-certs"]:
             given.append("client-certs")
@@ -226,7 +238,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     except ConfigurationError as e:
         raise SystemExit(f"mtlsd: {e}") from None
     for warning in settings.warnings():
-        log.warn("WARNING: {warning}", warning=warning)
+        log.warn("WARNING: {problem}", problem=warning)
     context = ServerContext(settings)
     service = MultiService()
     for endpoint in endpoints:

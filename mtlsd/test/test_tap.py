@@ -1,0 +1,171 @@
+"""
+Tests for L{mtlsd._tap}: the options of C{twistd mtlsd} and the service.
+"""
+
+import os
+
+from twisted.internet.testing import MemoryReactor
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtlsd._pki import certificatePEM, keyPEM
+from mtlsd._tap import Options, makeService
+from mtlsd.test.helpers import hoursAgo, selfSigned
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Option parsing and the usage errors it reports.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no options: port 8082 (chosen later), echo app, dev PKI in
+        C{mtlsd-pki}, handshake timeout 10 s, verify depth 4.
+        """
+        options = parse()
+        self.assertEqual(
+            (options["port"], options["app"], options["pki"]), (None, "echo", "mtlsd-pki")
+        )
+        self.assertEqual((options["handshake-timeout"], options["verify-depth"]), (10.0, 4))
+        self.assertEqual(options["client-certs"], [])
+
+    def test_repeatable(self) -> None:
+        """
+        C{--client-certs} and C{--listen} can be given several times.
+        """
+        options = parse(
+            "--cert", "s.pem", "--client-certs", "a.pem", "--client-certs", "b.pem",
+            "--listen", "tcp:1", "--listen", "unix:/tmp/x",
+        )  # fmt: skip
+        self.assertEqual(options["client-certs"], ["a.pem", "b.pem"])
+        self.assertEqual(options["listen"], ["tcp:1", "unix:/tmp/x"])
+
+    def test_usageErrors(self) -> None:
+        """
+        Half-given TLS files and conflicting options are usage errors that
+        say what is wrong.
+        """
+        for argv, fragment in [
+            (["--cert", "s.pem"], "--cert needs --client-certs"),
+            (["--client-certs", "c.pem"], "need --cert"),
+            (["--key", "k.pem", "--client-certs", "c.pem"], "need --cert"),
+            (["--listen", "tcp:1", "--port", "2"], "--listen and --port"),
+            (["--listen", "tcp:1", "--interface", "::1"], "--interface goes with --port"),
+            (["--verify-depth", "0"], "--verify-depth"),
+            (["--handshake-timeout", "0"], "--handshake-timeout wants a number"),
+            (["--port", "eighty"], "--port wants a number of at least 0, not 'eighty'"),
+        ]:
+            error = self.assertRaises(UsageError, parse, *argv)
+            self.assertIn(fragment, str(error), argv)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{makeService} builds listening mutual-TLS services, or exits with one
+    line for a bad file.
+    """
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.dir)
+
+    def start(self, *argv: str) -> MemoryReactor:
+        reactor = MemoryReactor()
+        service = makeService(parse(*argv), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return reactor
+
+    def test_developmentPKI(self) -> None:
+        """
+        Without TLS files the service creates the development PKI and
+        listens on port 8082 of all addresses (IPv4 and IPv6).
+        """
+        pki = os.path.join(self.dir, "pki")
+        reactor = self.start("--pki", pki)
+        self.assertEqual(
+            sorted(os.listdir(pki)),
+            sorted("ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()),
+        )
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (8082, "::"))
+        self.assertIsInstance(factory, TLSMemoryBIOFactory)
+
+    def test_listen(self) -> None:
+        """
+        Each C{--listen} endpoint gets mutual TLS.
+        """
+        reactor = self.start(
+            "--pki", os.path.join(self.dir, "pki"), "--listen", "tcp:9443:interface=127.0.0.1",
+            "--listen", "unix:" + os.path.join(self.dir, "s"),
+        )  # fmt: skip
+        self.assertEqual([(p, i) for p, f, b, i in reactor.tcpServers], [(9443, "127.0.0.1")])
+        self.assertEqual(len(reactor.unixServers), 1)
+        self.assertIsInstance(reactor.unixServers[0][1], TLSMemoryBIOFactory)
+
+    def test_badFileExits(self) -> None:
+        """
+        A bad file ends start-up with one line naming it.
+        """
+        missing = os.path.join(self.dir, "missing.pem")
+        error = self.assertRaises(
+            SystemExit, makeService, parse("--cert", missing, "--client-certs", missing),
+            MemoryReactor(),
+        )  # fmt: skip
+        self.assertEqual(
+            str(error.code), f"mtlsd: server certificate file {missing} does not exist."
+        )
+
+    def test_badApp(self) -> None:
+        """
+        An C{--app} that cannot be loaded, or is not a factory, is refused.
+        """
+        pki = os.path.join(self.dir, "pki")
+        for name, fragment in [
+            ("no.such.module", "cannot be loaded"),
+            ("os.getcwd", "did not return an IProtocolFactory"),
+        ]:
+            error = self.assertRaises(
+                SystemExit, makeService, parse("--pki", pki, "--app", name), MemoryReactor()
+            )
+            self.assertIn(fragment, str(error.code))
+
+    def test_userApp(self) -> None:
+        """
+        C{--app} takes the dotted name of a callable returning a factory.
+        """
+        reactor = self.start(
+            "--pki", os.path.join(self.dir, "pki"), "--app", "mtlsd.test.test_tap.appFactory"
+        )
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertIs(factory.wrappedFactory.wrappedFactory, _APP)
+
+    def test_expiredServerCertificateWarns(self) -> None:
+        """
+        An expired server certificate starts, with a loud warning.
+        """
+        from twisted.logger import globalLogPublisher
+        from twisted.test.proto_helpers import EventLoggingObserver
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        old = selfSigned("old", notBefore=hoursAgo(48), days=1)
+        cert = os.path.join(self.dir, "old.pem")
+        with open(cert, "wb") as f:
+            f.write(certificatePEM(old.certificate) + keyPEM(old.key))
+        self.start("--cert", cert, "--client-certs", cert, "--port", "1")
+        self.assertTrue(any("EXPIRED" in e.get("problem", "") for e in events))
+
+
+_APP = __import__("twisted.internet.protocol", fromlist=["Factory"]).Factory()
+
+
+def appFactory():
+    return _APP
