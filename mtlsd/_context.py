@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Sequence
+from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
@@ -200,16 +201,20 @@ class ServerContext:
     def __init__(self, settings: ServerTLSSettings) -> None:
         self.settings = settings
         self._recorder = VerifyRecorder()
+        # CertificateOptions takes cryptography objects (its hints say
+        # pyOpenSSL's, whose use is deprecated).
         self._options = CertificateOptions(
-            privateKey=settings.privateKey,
-            certificate=settings.certificate,
-            extraCertChain=list(settings.chain),
+            privateKey=cast(Any, settings.privateKey),
+            certificate=cast(Any, settings.certificate),
+            extraCertChain=cast(Any, list(settings.chain)),
             trustRoot=trustRootFromCertificates(
                 [Certificate(X509.from_cryptography(c)) for c in settings.trusted]
             ),
         )
         context = self._options.getContext()
-        context.get_cert_store().set_flags(X509StoreFlags.PARTIAL_CHAIN)
+        store = context.get_cert_store()
+        assert store is not None
+        store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
         context.set_verify_depth(settings.verifyDepth)
         for certificate in settings.trusted:
             context.add_client_ca(certificate)

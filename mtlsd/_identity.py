@@ -7,11 +7,13 @@ L{PeerIdentity}.
 from __future__ import annotations
 
 import datetime
+from typing import cast
 
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
 
 
@@ -100,7 +102,7 @@ def peerIdentity(transport: object) -> PeerIdentity:
         or the handshake has not completed).
     """
     certificate = (
-        ISSLTransport(transport).getPeerCertificate()
+        cast(X509 | None, ISSLTransport(transport).getPeerCertificate())
         if ISSLTransport.providedBy(transport)
         else None
     )

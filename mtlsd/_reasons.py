@@ -45,7 +45,7 @@ def verifyErrorText(errno: int) -> str:
         return names.get(errno, f"verify error {errno}")
 
 
-def opensslReasons(error: BaseException) -> list[str]:
+def opensslReasons(error: BaseException | None) -> list[str]:
     """
     @return: OpenSSL's reason strings in an L{SSL.Error}, e.g. C{["certificate
         verify failed"]}; empty for any other exception.

@@ -8,6 +8,7 @@ verified, and logs every connection's fate.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -23,7 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
@@ -78,9 +79,13 @@ class _GateProtocol(ProtocolWrapper):
         self.bytesIn = 0
         self.bytesOut = 0
 
+    @property
+    def _tls(self) -> TLSMemoryBIOProtocol:
+        return cast(TLSMemoryBIOProtocol, self.transport)
+
     def makeConnection(self, transport: object) -> None:
         directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)  # type: ignore[arg-type]
+        Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
 
     def connectionMade(self) -> None:
@@ -91,7 +96,7 @@ class _GateProtocol(ProtocolWrapper):
     def _handshakeTimedOut(self) -> None:
         self._timeout = None
         self._timedOut = True
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        self._tls.abortConnection()
 
     def _cancelTimeout(self) -> None:
         if self._timeout is not None:
@@ -102,7 +107,7 @@ class _GateProtocol(ProtocolWrapper):
         if self._identity is not None:
             return  # a renegotiation: the peer was already admitted
         self._cancelTimeout()
-        certificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        certificate = self._tls.getPeerCertificate()
         self._identity = identity = identityFromCertificate(certificate.to_cryptography())
         log.info(
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
@@ -117,7 +122,7 @@ class _GateProtocol(ProtocolWrapper):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.wrappedProtocol = app
-        app.makeConnection(self)  # type: ignore[arg-type]
+        app.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
@@ -153,9 +158,7 @@ class _GateProtocol(ProtocolWrapper):
             self.wrappedProtocol.connectionLost(reason)
 
     def _logRejection(self, reason: Failure) -> None:
-        failure = self.factory.context.verifyFailure(
-            self.transport.getHandle()  # type: ignore[attr-defined]
-        )
+        failure = self.factory.context.verifyFailure(self._tls.getHandle())
         fields: dict[str, object] = {}
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
@@ -179,7 +182,7 @@ class _GateFactory(WrappingFactory):
     builds its protocol only when the gate lets the client in.
     """
 
-    protocol = _GateProtocol  # type: ignore[assignment]
+    protocol = _GateProtocol
     noisy = False
 
     def __init__(
@@ -194,7 +197,8 @@ class _GateFactory(WrappingFactory):
         self.handshakeTimeout = handshakeTimeout
         self.clock = clock
 
-    def buildProtocol(self, addr: IAddress) -> _GateProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
+        assert addr is not None
         return _GateProtocol(self, addr)
 
 
@@ -219,7 +223,7 @@ def mtlsServerFactory(
     if clock is None:
         from twisted.internet import reactor
 
-        clock = reactor  # type: ignore[assignment]
+        clock = reactor
     assert clock is not None
     gate = _GateFactory(context, appFactory, handshakeTimeout, clock)
     return TLSMemoryBIOFactory(context, False, gate, clock=clock)

@@ -204,7 +204,7 @@ def _appFactory(name: str) -> IProtocolFactory:
         raise ConfigurationError(f"--app {name} cannot be loaded: {e}.") from None
     if not IProtocolFactory.providedBy(factory):
         raise ConfigurationError(f"--app {name} did not return an IProtocolFactory.")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def _endpoints(reactor: Any, options: Options) -> list[IStreamServerEndpoint]:
@@ -230,7 +230,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
-        reactor = globalReactor  # type: ignore[assignment]
+        reactor = globalReactor
     try:
         settings = _settings(options)
         appFactory = _appFactory(options["app"])

@@ -5,6 +5,7 @@ Certificates made on the fly and in-memory TLS connections for the tests.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from cryptography import x509
 from twisted.internet.address import IPv4Address
@@ -97,7 +98,7 @@ class Recorder(Protocol):
 
     def connectionMade(self) -> None:
         self.made = True
-        self.handle = getattr(self.transport, "getHandle", lambda: None)()
+        self.handle: Any = getattr(self.transport, "getHandle", lambda: None)()
 
     def handshakeCompleted(self) -> None:
         self.handshook = True
@@ -105,7 +106,7 @@ class Recorder(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = reason
 
 
@@ -118,12 +119,12 @@ class Connection:
         self,
         server: ServerContext,
         client: ClientContext,
-        app: Protocol | None = None,
+        app: Any = None,
         handshakeTimeout: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
         self.clock = clock or Clock()
-        self.app = app if app is not None else Recorder()
+        self.app: Any = app if app is not None else Recorder()
         self.clientContext = client
         self.client = Recorder()
         serverFactory = mtlsServerFactory(

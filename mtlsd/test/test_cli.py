@@ -3,6 +3,7 @@ Tests for the C{mtlsd} command's C{pki} and C{inspect} (C{connect} is
 tested end to end in C{tests/}).
 """
 
+import argparse
 import io
 import os
 import stat
@@ -140,7 +141,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(parseHostPort("localhost:8082"), ("localhost", 8082))
         self.assertEqual(parseHostPort("[::1]:8082"), ("::1", 8082))
         for bad in ("localhost", "localhost:http", ":80", "host:0", "host:70000"):
-            self.assertRaises(Exception, parseHostPort, bad)
+            self.assertRaises(argparse.ArgumentTypeError, parseHostPort, bad)
         code, out, err = self.command("connect", "localhost")
         self.assertEqual(code, 2)
         self.assertIn("is not HOST:PORT", err)

@@ -35,7 +35,11 @@ class ClientTests(SynchronousTestCase):
 
     def failure(self, c: Connection) -> Exception | None:
         self.assertIsNotNone(c.client.lost)
-        return describeClientFailure(c.client.lost, c.clientContext, c.clientConnection)
+        return describeClientFailure(
+            c.client.lost,  # type: ignore[arg-type]
+            c.clientContext,
+            c.clientConnection,
+        )
 
     def test_verifiesDNSAndIP(self) -> None:
         """

@@ -3,6 +3,8 @@ Tests for L{mtlsd._server}: real TLS handshakes in memory between mtlsd's
 server and client contexts.
 """
 
+from typing import Any
+
 from OpenSSL.SSL import X509VerificationCodes as Codes
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -31,9 +33,12 @@ from mtlsd.test.helpers import (
 
 class _LoggingTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
 
-    def mtlsdEvents(self, name: str) -> list[dict]:
+    def mtlsdEvents(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("mtlsdEvent") == name]
 
 
@@ -129,7 +134,13 @@ class AcceptTests(_LoggingTestCase):
         self.assertEqual(c.client.received, b"hello\n")
         c.clientTLS.loseConnection()
         c.flush()
-        self.assertIsNone(describeClientFailure(c.client.lost, None, None))
+        self.assertIsNone(
+            describeClientFailure(
+                c.client.lost,  # type: ignore[arg-type]
+                c.clientContext,
+                None,
+            )
+        )
         [closed] = self.mtlsdEvents("closed")
         self.assertEqual((closed["bytesIn"], closed["bytesOut"]), (6, 6))
 
@@ -168,7 +179,11 @@ class RejectTests(_LoggingTestCase):
         client learns that the server rejected it.
         """
         c = self.assertRejected(None, "no client certificate")
-        error = describeClientFailure(c.client.lost, c.clientContext, None)
+        error = describeClientFailure(
+            c.client.lost,  # type: ignore[arg-type]
+            c.clientContext,
+            None,
+        )
         self.assertIsInstance(error, ServerRejectedClient)
         self.assertIn("rejected this client's certificate", str(error))
 
@@ -227,6 +242,10 @@ class RejectTests(_LoggingTestCase):
             trusted=[serverOnly.certificate],
         )
 
+    def buildRecorder(self) -> Recorder:
+        self.built.append(Recorder())
+        return self.built[-1]
+
     def connectRaw(self, clock: Clock | None = None):
         """
         Connect the server to a transport that records what it writes, with
@@ -234,7 +253,7 @@ class RejectTests(_LoggingTestCase):
         """
         factory = mtlsServerFactory(
             serverContext(self.server, [self.trusted.certificate]),
-            Factory.forProtocol(lambda: self.built.append(Recorder()) or self.built[-1]),
+            Factory.forProtocol(self.buildRecorder),
             handshakeTimeout=5,
             clock=clock or Clock(),
         )

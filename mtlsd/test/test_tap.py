@@ -146,7 +146,7 @@ class MakeServiceTests(SynchronousTestCase):
             "--pki", os.path.join(self.dir, "pki"), "--app", "mtlsd.test.test_tap.appFactory"
         )
         [(port, factory, backlog, interface)] = reactor.tcpServers
-        self.assertIs(factory.wrappedFactory.wrappedFactory, _APP)
+        self.assertIs(factory.wrappedFactory.wrappedFactory, _APP)  # type: ignore[attr-defined]
 
     def test_expiredServerCertificateWarns(self) -> None:
         """
@@ -155,7 +155,10 @@ class MakeServiceTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
         from twisted.test.proto_helpers import EventLoggingObserver
 
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
         old = selfSigned("old", notBefore=hoursAgo(48), days=1)
         cert = os.path.join(self.dir, "old.pem")
         with open(cert, "wb") as f:
