@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
-from mtlsd._pki import SERVER_AUTH
+from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import mtlsServerFactory
 from mtlsd.test.helpers import (
@@ -158,9 +158,9 @@ class RejectTests(_LoggingTestCase):
         self.trusted = selfSigned("trusted")
         self.built: list[Recorder] = []
 
-    def assertRejected(self, client, reason: str, trusted=None) -> Connection:
+    def assertRejected(self, client, reason: str, trusted=None, **kw: Any) -> Connection:
         c = Connection(
-            serverContext(self.server, trusted or [self.trusted.certificate]),
+            serverContext(self.server, trusted or [self.trusted.certificate], **kw),
             clientContext(client, [self.ca.certificate]),
         )
         c.flush()
@@ -229,6 +229,37 @@ class RejectTests(_LoggingTestCase):
         """
         old = self.ca.issue("old", notBefore=hoursAgo(48), days=1)
         self.assertRejected(old, "certificate has expired", trusted=[self.ca.certificate])
+
+    def test_chainTooLong(self) -> None:
+        """
+        A client chain longer than the verify depth is rejected; the same
+        chain within the depth is accepted.
+        """
+        from mtlsd._pki import makeCertificate, newKey
+        from mtlsd.test.helpers import Credentials
+
+        issuer = (self.ca.certificate, self.ca.key)
+        intermediates = []
+        for name in ("intermediate 1", "intermediate 2"):
+            key = newKey()
+            certificate = makeCertificate(name, key, issuer, isCA=True)
+            intermediates.insert(0, certificate)
+            issuer = (certificate, key)
+        leafKey = newKey()
+        leaf = makeCertificate("deep", leafKey, issuer, usages=(CLIENT_AUTH,))
+        deep = Credentials(leaf, leafKey, intermediates)
+        self.assertRejected(
+            deep,
+            verifyErrorText(Codes.ERR_CERT_CHAIN_TOO_LONG),
+            trusted=[self.ca.certificate],
+            verifyDepth=1,
+        )
+        accepted = Connection(
+            serverContext(self.server, [self.ca.certificate], verifyDepth=2),
+            clientContext(deep, [self.ca.certificate]),
+        )
+        accepted.flush()
+        self.assertTrue(accepted.app.made)
 
     def test_serverOnlyUsage(self) -> None:
         """
