@@ -70,9 +70,9 @@ def handshakeFailureReason(reason: Failure) -> str:
         return NO_CLIENT_CERTIFICATE
     if _NOT_TLS.intersection(texts):
         return NOT_TLS
-    for text in texts:
-        if " alert " in text:
-            return f"client sent alert: {text}"
+    alert = peerAlert(reason)
+    if alert is not None:
+        return f"client sent alert: {alert}"
     return "TLS error: " + "; ".join(texts)
 
 

@@ -66,6 +66,21 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("'mtlsd'", makers)
 
 
+class InstallTests(SynchronousTestCase):
+    def test_twistdFindsPlugin(self) -> None:
+        """
+        Installed as the README says, C{twistd} run from any directory (not
+        the checkout, whose C{twisted/plugins} would be found through the
+        current directory) lists C{mtlsd}.  setuptools' default editable
+        install fails this.
+        """
+        elsewhere = os.path.abspath(self.mktemp())
+        os.mkdir(elsewhere)
+        result = run(os.path.join(BIN, "twistd"), "--help", cwd=elsewhere)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("mtlsd", result.stdout)
+
+
 class ExampleTests(SynchronousTestCase):
     def test_greeter(self) -> None:
         """

@@ -104,6 +104,20 @@ class AcceptTests(_LoggingTestCase):
         # The client sends the pinned CA along (it is in its trust store).
         self.assertEqual(rejected["reason"], "self-signed certificate in certificate chain")
 
+    def test_advertisesClientCANames(self) -> None:
+        """
+        The server sends the subjects of the bundle's certificates as the
+        acceptable client CA names (Twisted alone sends none).
+        """
+        alice = selfSigned("alice")
+        c = Connection(
+            serverContext(self.server, [self.ca.certificate, alice.certificate]),
+            clientContext(alice, [self.ca.certificate]),
+        )
+        c.flush()
+        names = [n.CN for n in c.clientConnection.get_client_ca_list()]
+        self.assertEqual(names, ["Test CA", "alice"])
+
     def test_severalSelfSignedToldApart(self) -> None:
         """
         Several self-signed certificates in one bundle are each accepted, and
