@@ -218,6 +218,19 @@ class RejectTests(_LoggingTestCase):
             TestCA("Other CA").issue("eve"), "unable to get local issuer certificate"
         )
 
+    def test_clientRefusesServer(self) -> None:
+        """
+        A client that does not trust the server's certificate sends an
+        alert; the server logs it as the reason.
+        """
+        c = Connection(
+            serverContext(self.server, [self.trusted.certificate]),
+            clientContext(self.trusted, [TestCA("Other").certificate]),
+        )
+        c.flush()
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "client sent alert: tlsv1 alert unknown ca")
+
     def test_expired(self) -> None:
         """
         The server verifies the client certificate's expiration date: an
