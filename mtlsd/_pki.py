@@ -78,7 +78,7 @@ def makeCertificate(
     @param emails: e-mail addresses for the subjectAltName.
     @param organizationalUnit: an OU for the subject.
     @param notBefore: start of validity (default: one hour ago).
-    @param days: length of validity in days (may be negative for tests).
+    @param days: length of validity in days.
     @return: the certificate.
     """
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
@@ -258,6 +258,8 @@ class DevelopmentPKI:
         """
         if not name or "/" in name or name.startswith("."):
             raise ConfigurationError(f"{name!r} is not a usable certificate name.")
+        if days < 1:
+            raise ConfigurationError(f"--days must be at least 1, not {days}.")
         return self._writePair(
             name,
             caSigned=not selfSigned,

@@ -24,7 +24,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
@@ -52,6 +56,25 @@ def formatAddress(address: IAddress) -> str:
     if name is not None:
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return repr(address)
+
+
+class _TLSTransport(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, which aggregates small writes until the next
+    reactor turn, with one fix: when the peer's close_notify arrives in the
+    same read as data the application answered at once, Twisted shuts TLS
+    down before that answer leaves the buffer, and drops it.  The buffer is
+    flushed before the shutdown instead, so the answer precedes our
+    close_notify.
+    """
+
+    def _shutdownTLS(self) -> None:
+        self._aggregator.flush()
+        super()._shutdownTLS()
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    protocol = _TLSTransport
 
 
 @implementer(IHandshakeListener)
@@ -226,7 +249,7 @@ def mtlsServerFactory(
         clock = reactor
     assert clock is not None
     gate = _GateFactory(context, appFactory, handshakeTimeout, clock)
-    return TLSMemoryBIOFactory(context, False, gate, clock=clock)
+    return _TLSFactory(context, False, gate, clock=clock)
 
 
 @implementer(IStreamServerEndpoint)

@@ -5,6 +5,7 @@ server and client contexts.
 
 from typing import Any
 
+from cryptography import x509
 from OpenSSL.SSL import X509VerificationCodes as Codes
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -158,6 +159,32 @@ class AcceptTests(_LoggingTestCase):
         [closed] = self.mtlsdEvents("closed")
         self.assertEqual((closed["bytesIn"], closed["bytesOut"]), (6, 6))
 
+    def test_answerBeforePeerCloseIsSent(self) -> None:
+        """
+        When the client's last bytes and its close_notify arrive together,
+        the echo's answer still reaches the client before the server's own
+        close_notify (Twisted's buffering TLS transport dropped it).
+        """
+        client = selfSigned("alice")
+        c = Connection(
+            serverContext(self.server, [client.certificate]),
+            clientContext(client, [self.ca.certificate]),
+            app=Echo(),
+        )
+        c.flush()
+        payload = b"x" * 9000
+        c.clientTLS.write(payload)
+        c.clientTLS.loseConnection()
+        c.flush()
+        self.assertEqual(c.client.received, payload)
+        self.assertIsNone(
+            describeClientFailure(
+                c.client.lost,  # type: ignore[arg-type]
+                c.clientContext,
+                None,
+            )
+        )
+
 
 class RejectTests(_LoggingTestCase):
     """
@@ -266,7 +293,7 @@ class RejectTests(_LoggingTestCase):
         from mtlsd.test.helpers import Credentials
 
         issuer = (self.ca.certificate, self.ca.key)
-        intermediates = []
+        intermediates: list[x509.Certificate] = []
         for name in ("intermediate 1", "intermediate 2"):
             key = newKey()
             certificate = makeCertificate(name, key, issuer, isCA=True)
