@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
@@ -168,16 +167,16 @@ def _connect(args: argparse.Namespace, err: IO[str]) -> int:
     from ._connect import relayFactory
 
     host, port = args.address
-    context = _clientSettings(args).connectionCreator(args.servername or host)
+    settings = _clientSettings(args)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     status = 0
 
     async def main(reactor: Any) -> None:
         nonlocal status
         done: Deferred[None] = Deferred()
-        endpoint = wrapClientTLS(context, HostnameEndpoint(reactor, host, port))
+        endpoint = settings.endpoint(reactor, host, port, args.servername)
         try:
-            await endpoint.connect(relayFactory(context, args.verbose, err, done))
+            await endpoint.connect(relayFactory(args.verbose, err, done))
             await done
         except Exception as e:
             err.write(f"mtlsd connect: {where}: {e}\n")

@@ -6,9 +6,9 @@ our own certificate, and explain every failure in one sentence.
 
 from __future__ import annotations
 
-import os
-import weakref
+from typing import Any, cast
 
+import idna
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -19,30 +19,29 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.ssl import (
-    Certificate,
-    optionsForClientTLS,
-    trustRootFromCertificates,
-)
+from twisted.internet.protocol import connectionDone
+from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
 from ._context import VerifyFailure, VerifyRecorder
 from ._errors import ConfigurationError
-from ._files import loadCertificates, loadPrivateKey
-from ._identity import identityFromCertificate
+from ._files import Path, loadCertificates, loadPrivateKey
 from ._reasons import opensslReasons, peerAlert
-
-Path = str | os.PathLike[str]
 
 
 class ServerRejectedClient(Exception):
@@ -107,16 +106,15 @@ class ClientTLSSettings:
         host: str,
         port: int,
         serverName: str | None = None,
-    ) -> IStreamClientEndpoint:
+    ) -> MtlsClientEndpoint:
         """
         A client endpoint that connects to C{host:port} with mutual TLS.
 
         @param serverName: the name to verify on the server's certificate
             (default: C{host}).
         """
-        return wrapClientTLS(
-            self.connectionCreator(serverName or host),
-            HostnameEndpoint(reactor, host, port),
+        return MtlsClientEndpoint(
+            self.connectionCreator(serverName or host), HostnameEndpoint(reactor, host, port)
         )
 
 
@@ -133,61 +131,70 @@ class ClientContext:
     Creates client connections that present the client certificate and
     verify the server's chain and name.
 
-    Twisted's L{optionsForClientTLS} builds the connection (SNI, protocol
-    versions, ciphers); its verify callback is then replaced by one that also
-    checks the name, because Twisted's accepts a server certificate that has
-    no subjectAltName at all (it logs the error and lets the handshake go
-    on).  Here every error fails the handshake.
+    The context comes from Twisted's L{CertificateOptions} with C{trustRoot}
+    made from the trusted certificates, plus partial-chain verification (a
+    CA-issued server certificate can be pinned by listing it alone).  Its
+    verify callback checks the name with C{service_identity} and fails the
+    handshake on any error: Twisted's own client (L{optionsForClientTLS})
+    accepts a server certificate that has no subjectAltName at all, logging
+    the error and letting the handshake go on.
     """
 
     def __init__(self, settings: ClientTLSSettings, hostname: str) -> None:
+        """
+        @param settings: the client's certificate, key and trusted
+            certificates.
+        @param hostname: the DNS name or IP address the server's certificate
+            must carry; a DNS name is also sent as SNI.
+        """
         self.settings = settings
         self.hostname = hostname
+        self._serverName = (
+            None if isIPAddress(hostname) or isIPv6Address(hostname) else idna.encode(hostname)
+        )
         self._recorder = VerifyRecorder()
-        extra: dict[str, object] = {}
+        credentials: dict[str, Any] = {}
         if settings.certificate is not None:
-            extra = {
+            credentials = {
                 "certificate": settings.certificate,
                 "privateKey": settings.privateKey,
                 "extraCertChain": list(settings.chain),
             }
-        self._twisted = optionsForClientTLS(
-            hostname,
+        self._context = CertificateOptions(
             trustRoot=trustRootFromCertificates(
                 [Certificate(crypto.X509.from_cryptography(c)) for c in settings.trusted]
             ),
-            extraCertificateOptions=extra,
-        )
+            **credentials,
+        ).getContext()
+        store = self._context.get_cert_store()
+        assert store is not None
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        self._context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+
+    def _verify(
+        self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        if not self._recorder.record(connection, cert, errno, depth, ok):
+            return False
+        if depth != 0:
+            return True
+        try:
+            certificate = cert.to_cryptography()
+            _checkName(certificate, self.hostname)
+        except Exception as e:
+            # Twisted set the TLS protocol as app data; failing its
+            # verification hands this reason to the application.
+            connection.get_app_data().failVerification(Failure(_nameError(e, self.hostname)))
+            return False
+        return True
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """
         Create the OpenSSL connection for a new client connection.
         """
-        connection = self._twisted.clientConnectionForTLS(tlsProtocol)
-        protocol = weakref.ref(tlsProtocol)
-
-        def verify(
-            connection: SSL.Connection,
-            cert: crypto.X509,
-            errno: int,
-            depth: int,
-            ok: int,
-        ) -> bool:
-            if not self._recorder.record(connection, cert, errno, depth, ok):
-                return False
-            if depth != 0:
-                return True
-            certificate = cert.to_cryptography()
-            try:
-                _checkName(certificate, self.hostname)
-            except Exception as e:
-                tls = protocol()
-                if tls is not None:
-                    tls.failVerification(Failure(_nameError(e, certificate, self.hostname)))
-                return False
-            return True
-
-        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        connection = SSL.Connection(self._context)
+        if self._serverName is not None:
+            connection.set_tlsext_host_name(self._serverName)
         return connection
 
     def verifyFailure(self, connection: SSL.Connection) -> VerifyFailure | None:
@@ -197,7 +204,61 @@ class ClientContext:
         return self._recorder.failure(connection)
 
 
-def _nameError(error: Exception, certificate: x509.Certificate, hostname: str) -> ServerNotTrusted:
+class _ClientGate(ProtocolWrapper):
+    """
+    Passes everything through to the application protocol, except that the
+    reason a failed connection is lost becomes L{ServerNotTrusted} or
+    L{ServerRejectedClient} with one clear sentence.
+    """
+
+    factory: _ClientGateFactory
+
+    def handshakeCompleted(self) -> None:
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connection = self.transport.getHandle()  # type: ignore[union-attr]
+        error = describeClientFailure(reason, self.factory.context, connection)
+        ProtocolWrapper.connectionLost(self, reason if error is None else Failure(error))
+
+
+classImplements(_ClientGate, IHandshakeListener)
+
+
+class _ClientGateFactory(WrappingFactory):
+    protocol = _ClientGate
+    noisy = False
+
+    def __init__(self, context: ClientContext, wrappedFactory: IProtocolFactory) -> None:
+        WrappingFactory.__init__(self, wrappedFactory)  # type: ignore[arg-type]
+        self.context = context
+
+
+@implementer(IStreamClientEndpoint)
+class MtlsClientEndpoint:
+    """
+    A client endpoint that connects over a plain stream endpoint with mutual
+    TLS.  The application protocol's C{connectionLost} gets
+    L{ServerNotTrusted} or L{ServerRejectedClient} when the connection fails
+    for those reasons; with TLS 1.3 the server's rejection of the client
+    certificate arrives after the handshake, as such a loss.
+    """
+
+    def __init__(self, context: ClientContext, endpoint: IStreamClientEndpoint) -> None:
+        self._context = context
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Connect, and fire with the application protocol.
+        """
+        gates = _ClientGateFactory(self._context, protocolFactory)
+        connecting = wrapClientTLS(self._context, self._endpoint).connect(gates)
+        return connecting.addCallback(lambda gate: cast(_ClientGate, gate).wrappedProtocol)
+
+
+def _nameError(error: Exception, hostname: str) -> ServerNotTrusted:
     if isinstance(error, CertificateError) and "subjectAltName" in str(error):
         return ServerNotTrusted(
             "the server certificate has no subjectAltName, so it cannot be"
@@ -205,11 +266,9 @@ def _nameError(error: Exception, certificate: x509.Certificate, hostname: str) -
             f" regenerate it with -addext subjectAltName=DNS:{hostname}"
         )
     if isinstance(error, VerificationError):
-        identity = identityFromCertificate(certificate)
-        names = ", ".join([*identity.dnsNames, *identity.ipAddresses])
         return ServerNotTrusted(
-            f"the server certificate is not valid for {hostname} (it is for: {names});"
-            " use --servername with one of its names, or reissue it"
+            f"the server certificate is not valid for {hostname}; use --servername"
+            " with one of its names (mtlsd inspect shows them), or reissue it"
         )
     return ServerNotTrusted(f"the server certificate cannot be checked: {error}")
 

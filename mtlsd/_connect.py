@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import IO
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._client import ClientContext, describeClientFailure
 from ._identity import peerIdentity
 
 
@@ -48,21 +48,14 @@ class _TLSSide(Protocol):
     The mutual-TLS connection: the server's bytes go to standard output.
     """
 
-    def __init__(
-        self,
-        context: ClientContext,
-        verbose: bool,
-        stderr: IO[str],
-        done: Deferred[None],
-    ) -> None:
-        self.context = context
+    def __init__(self, verbose: bool, stderr: IO[str], done: Deferred[None]) -> None:
         self.verbose = verbose
         self.stderr = stderr
         self.done = done
         self.stdio: StandardIO | None = None
         self.handshakeDone = False
         self.inputEnded = False
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
     def connectionMade(self) -> None:
         self.connection = self.transport.getHandle()  # type: ignore[union-attr]
@@ -106,8 +99,12 @@ class _TLSSide(Protocol):
         self.stdio.write(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.error = describeClientFailure(reason, self.context, self.connection)
+        # mtlsd's client endpoint already turned a failure into one sentence.
+        self.error = None if reason.check(ConnectionDone) else reason.value
         assert self.stdio is not None
+        # Standard output may still be draining; with this transport still
+        # registered as its producer it would resume it instead of closing.
+        self.stdio.unregisterProducer()
         self.stdio.loseConnection()
 
     def standardIOClosed(self) -> None:
@@ -118,12 +115,10 @@ class _TLSSide(Protocol):
                 self.done.errback(self.error)
 
 
-def relayFactory(
-    context: ClientContext, verbose: bool, stderr: IO[str], done: Deferred[None]
-) -> Factory:
+def relayFactory(verbose: bool, stderr: IO[str], done: Deferred[None]) -> Factory:
     """
     @return: a factory for the one connection of C{mtlsd connect}; C{done}
         fires when the server has closed and the output is flushed, or
         fails with the reason the connection failed.
     """
-    return Factory.forProtocol(lambda: _TLSSide(context, verbose, stderr, done))
+    return Factory.forProtocol(lambda: _TLSSide(verbose, stderr, done))

@@ -1,4 +1,4 @@
-# -*- test-case-name: mtlsd.test.test_context -*-
+# -*- test-case-name: mtlsd.test.test_server -*-
 """
 Server TLS settings and the one place that turns them into an OpenSSL
 context, through Twisted's L{CertificateOptions}.
@@ -14,7 +14,6 @@ from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509StoreFlags
@@ -28,16 +27,10 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ._errors import ConfigurationError
-from ._files import loadCertificates, loadPrivateKey
+from ._files import checkKeyMatches, loadCertificates, loadPrivateKey
 from ._reasons import verifyErrorText
 
 DEFAULT_VERIFY_DEPTH = 4
-
-
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _positive(instance: object, attribute: object, value: int) -> None:
@@ -89,10 +82,7 @@ class ServerTLSSettings:
         certificate, *chain = loadCertificates(certificatePath, "server certificate")
         keyPath = certificatePath if keyPath is None else keyPath
         privateKey = loadPrivateKey(keyPath, "server key")
-        if _spki(privateKey.public_key()) != _spki(certificate.public_key()):
-            raise ConfigurationError(
-                f"server key file {keyPath} does not match the certificate in {certificatePath}."
-            )
+        checkKeyMatches(certificate, privateKey, certificatePath, keyPath)
         if not clientCertificatePaths:
             raise ConfigurationError("no trusted client certificates were given.")
         trusted: list[x509.Certificate] = []

@@ -78,6 +78,19 @@ def loadCertificates(path: Path, what: str) -> list[x509.Certificate]:
     return parseCertificates(readFile(path, what), f"{what} file {path}")
 
 
+def checkKeyMatches(
+    certificate: x509.Certificate, key: PrivateKeyTypes, certificatePath: Path, keyPath: Path
+) -> None:
+    """
+    @raise ConfigurationError: if C{key} is not the private key of
+        C{certificate}.
+    """
+    if key.public_key() != certificate.public_key():
+        raise ConfigurationError(
+            f"key file {keyPath} does not match the certificate in {certificatePath}."
+        )
+
+
 def loadPrivateKey(path: Path, what: str) -> PrivateKeyTypes:
     """
     Read the (first) private key in the PEM file at C{path}.
