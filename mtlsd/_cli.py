@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("name", metavar="NAME")
     issue.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
     issue.add_argument("--self-signed", action="store_true", help="make it self-signed")
+    issue.add_argument("--force", action="store_true", help="replace an existing NAME")
     issue.add_argument("--days", type=int, default=365, help="days of validity")
     issue.add_argument("--dns", action="append", default=[], help="DNS name (repeatable)")
     issue.add_argument(
@@ -118,13 +119,13 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     pki = DevelopmentPKI(args.pki)
     if not args.self_signed and not pki.exists():
         raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")
-    pki.directory.mkdir(parents=True, exist_ok=True)
     pki.issue(
         args.name,
         selfSigned=args.self_signed,
         days=args.days,
         dnsNames=args.dns,
         uris=args.uri,
+        replace=args.force,
     )
     out.write(f"wrote {pki.path(args.name + '.crt')} and {pki.path(args.name + '.key')}\n")
     return 0
@@ -141,8 +142,13 @@ def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             continue
         for number, certificate in enumerate(certificates, 1):
             out.write(f"{path} [{number}/{len(certificates)}]\n")
-            for line in describeCertificate(certificate):
-                out.write(line + "\n")
+            try:
+                lines = list(describeCertificate(certificate))
+            except ValueError as e:
+                err.write(f"mtlsd inspect: {path}: certificate {number} cannot be read: {e}\n")
+                status = 1
+                continue
+            out.write("".join(line + "\n" for line in lines))
     return status
 
 

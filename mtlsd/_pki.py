@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
@@ -177,14 +179,36 @@ def keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _writeFile(path: Path, data: bytes, secret: bool = False) -> None:
     """
-    Write C{data} to C{path}, with mode 0600 if C{secret}, replacing it
-    atomically so a reader never sees half a file.
+    Write C{data} to C{path} (mode 0600 if C{secret}, else 0644) through a new
+    temporary file renamed into place, so a reader never sees half a file and
+    a stale or planted file cannot lend its permissions.
     """
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+# Files of the PKI itself, which "pki issue" must never overwrite.
+_RESERVED = frozenset({"ca", "crl", "server", "client"})
+
+
+@contextmanager
+def _fileErrors(directory: Path) -> Iterator[None]:
+    """
+    Turn a failure to write the PKI's files into a L{ConfigurationError}.
+    """
+    try:
+        yield
+    except OSError as e:
+        raise ConfigurationError(
+            f"cannot write the PKI in {directory}: {e.strerror or e}."
+        ) from None
 
 
 class DevelopmentPKI:
@@ -220,28 +244,39 @@ class DevelopmentPKI:
 
     def init(self, serverNames: Sequence[str] = ()) -> None:
         """
-        Create the CA, the server certificate (valid for localhost,
-        127.0.0.1, ::1 and C{serverNames}), a client certificate named
-        C{client} and an empty CRL.  Existing files are left alone.
+        Create what is missing of the CA, the server certificate (valid for
+        localhost, 127.0.0.1, ::1 and C{serverNames}), the client
+        certificate C{client} and an empty CRL.  Existing files are kept; an
+        existing CA is never replaced.
+
+        @raise ConfigurationError: if only half of the CA (certificate or
+            key) is there, or a file cannot be written.
         """
-        if self.exists():
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        caKey = newKey()
-        ca = makeCertificate("mtlsd development CA", caKey, isCA=True, days=3650)
-        _writeFile(self.path("ca.crt"), certificatePEM(ca))
-        _writeFile(self.path("ca.key"), keyPEM(caKey), secret=True)
-        _writeFile(
-            self.path("crl.pem"),
-            makeCRL((ca, caKey)).public_bytes(serialization.Encoding.PEM),
-        )
-        self._writePair(
-            "server",
-            caSigned=True,
-            usages=[SERVER_AUTH],
-            names=[*DEFAULT_SERVER_NAMES, *serverNames],
-        )
-        self._writePair("client", caSigned=True, usages=[CLIENT_AUTH])
+        with _fileErrors(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            ca, caKey = self.path("ca.crt"), self.path("ca.key")
+            if ca.exists() != caKey.exists():
+                raise ConfigurationError(
+                    f"{self.directory} has only one of ca.crt and ca.key; restore the"
+                    " other or remove both to make a new CA."
+                )
+            if not ca.exists():
+                key = newKey()
+                certificate = makeCertificate("mtlsd development CA", key, isCA=True, days=3650)
+                _writeFile(caKey, keyPEM(key), secret=True)
+                _writeFile(ca, certificatePEM(certificate))
+            if not self.path("crl.pem").exists():
+                crl = makeCRL(self._ca()).public_bytes(serialization.Encoding.PEM)
+                _writeFile(self.path("crl.pem"), crl)
+            if not (self.path("server.crt").exists() and self.path("server.key").exists()):
+                self._writePair(
+                    "server",
+                    caSigned=True,
+                    usages=[SERVER_AUTH],
+                    names=[*DEFAULT_SERVER_NAMES, *serverNames],
+                )
+            if not (self.path("client.crt").exists() and self.path("client.key").exists()):
+                self._writePair("client", caSigned=True, usages=[CLIENT_AUTH])
 
     def issue(
         self,
@@ -251,23 +286,34 @@ class DevelopmentPKI:
         days: int = 365,
         dnsNames: Sequence[str] = (),
         uris: Sequence[str] = (),
+        replace: bool = False,
     ) -> x509.Certificate:
         """
         Write C{NAME.crt} and C{NAME.key}: a client certificate signed by this
         PKI's CA, or self-signed.
+
+        @param replace: overwrite an existing certificate of that name.
+        @raise ConfigurationError: for a reserved or unusable name, an
+            existing certificate (unless C{replace}), bad names or days.
         """
-        if not name or "/" in name or name.startswith("."):
+        if not name or "/" in name or name.startswith(".") or name in _RESERVED:
             raise ConfigurationError(f"{name!r} is not a usable certificate name.")
-        if days < 1:
-            raise ConfigurationError(f"--days must be at least 1, not {days}.")
-        return self._writePair(
-            name,
-            caSigned=not selfSigned,
-            usages=[CLIENT_AUTH],
-            names=dnsNames,
-            uris=uris,
-            days=days,
-        )
+        if not 1 <= days <= 36500:
+            raise ConfigurationError(f"--days must be from 1 to 36500, not {days}.")
+        if self.path(f"{name}.crt").exists() and not replace:
+            raise ConfigurationError(
+                f"{self.path(name + '.crt')} exists; use --force to replace it."
+            )
+        with _fileErrors(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return self._writePair(
+                name,
+                caSigned=not selfSigned,
+                usages=[CLIENT_AUTH],
+                names=dnsNames,
+                uris=uris,
+                days=days,
+            )
 
     def _writePair(
         self,
@@ -281,9 +327,12 @@ class DevelopmentPKI:
     ) -> x509.Certificate:
         issuer = self._ca() if caSigned else None
         key = newKey()
-        certificate = makeCertificate(
-            name, key, issuer, usages=usages, names=names, uris=uris, days=days
-        )
+        try:
+            certificate = makeCertificate(
+                name, key, issuer, usages=usages, names=names, uris=uris, days=days
+            )
+        except ValueError as e:  # e.g. a name that is not valid IDNA
+            raise ConfigurationError(f"cannot make certificate {name}: {e}") from None
         _writeFile(self.path(f"{name}.key"), keyPEM(key), secret=True)
         _writeFile(self.path(f"{name}.crt"), certificatePEM(certificate))
         return certificate

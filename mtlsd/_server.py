@@ -97,6 +97,7 @@ class _GateProtocol(ProtocolWrapper):
         self._client = formatAddress(address)
         self._timeout: IDelayedCall | None = None
         self._timedOut = False
+        self._unreadable: str | None = None
         self._identity: PeerIdentity | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
@@ -130,8 +131,15 @@ class _GateProtocol(ProtocolWrapper):
         if self._identity is not None:
             return  # a renegotiation: the peer was already admitted
         self._cancelTimeout()
-        certificate = self._tls.getPeerCertificate()
-        self._identity = identity = identityFromCertificate(certificate.to_cryptography())
+        try:
+            identity = identityFromCertificate(self._tls.getPeerCertificate().to_cryptography())
+        except Exception as e:
+            # OpenSSL verified it, but cryptography cannot read it (a malformed
+            # extension, say): fail closed.
+            self._unreadable = f"unreadable client certificate: {e}"
+            self._tls.abortConnection()
+            return
+        self._identity = identity
         log.info(
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
             mtlsdEvent="accepted",
@@ -185,6 +193,8 @@ class _GateProtocol(ProtocolWrapper):
         fields: dict[str, object] = {}
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
+        elif self._unreadable is not None:
+            text = self._unreadable
         elif failure is not None:
             text = failure.reason
             fields = {"depth": failure.depth, "subject": failure.subject}

@@ -21,18 +21,25 @@ from mtlsd.test.helpers import hoursAgo, selfSigned
 FILES = "ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()
 
 
+def runCommand(case: SynchronousTestCase, *argv: str) -> tuple[int, str, str]:
+    """
+    Run C{mtlsd ARGV} in this process: its exit code, output and errors.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    case.patch(sys, "stdout", out)
+    case.patch(sys, "stderr", err)
+    with case.assertRaises(SystemExit) as exit:
+        main(list(argv))
+    return exit.exception.code, out.getvalue(), err.getvalue()  # type: ignore[return-value]
+
+
 class CommandTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
         os.mkdir(self.dir)
 
     def command(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        with self.assertRaises(SystemExit) as exit:
-            main(list(argv))
-        return exit.exception.code, out.getvalue(), err.getvalue()
+        return runCommand(self, *argv)
 
     def path(self, *names: str) -> str:
         return os.path.join(self.dir, *names)
@@ -145,3 +152,81 @@ class CommandTests(SynchronousTestCase):
         code, out, err = self.command("connect", "localhost")
         self.assertEqual(code, 2)
         self.assertIn("is not HOST:PORT", err)
+
+
+class PKISafetyTests(SynchronousTestCase):
+    """
+    The PKI commands never destroy a CA and refuse bad input with one line.
+    """
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.pki = os.path.join(self.dir, "pki")
+        self.command("pki", "init", self.pki)
+
+    def command(self, *argv: str) -> tuple[int, str, str]:
+        return runCommand(self, *argv)
+
+    def read(self, name: str) -> bytes:
+        with open(os.path.join(self.pki, name), "rb") as f:
+            return f.read()
+
+    def test_initCompletesWithoutReplacingCA(self) -> None:
+        """
+        C{pki init} on a PKI missing a file recreates that file only, signed
+        by the existing CA.
+        """
+        ca, caKey = self.read("ca.crt"), self.read("ca.key")
+        server = self.read("server.crt")
+        os.remove(os.path.join(self.pki, "client.key"))
+        code, out, err = self.command("pki", "init", self.pki)
+        self.assertEqual(code, 0, err)
+        self.assertEqual((self.read("ca.crt"), self.read("ca.key")), (ca, caKey))
+        self.assertEqual(self.read("server.crt"), server)
+        [client] = loadCertificates(os.path.join(self.pki, "client.crt"), "x")
+        [caCertificate] = loadCertificates(os.path.join(self.pki, "ca.crt"), "x")
+        self.assertEqual(client.issuer, caCertificate.subject)
+
+    def test_halfACA(self) -> None:
+        """
+        A CA certificate without its key is not silently replaced.
+        """
+        os.remove(os.path.join(self.pki, "ca.key"))
+        code, out, err = self.command("pki", "init", self.pki)
+        self.assertEqual(code, 1)
+        self.assertIn("only one of ca.crt and ca.key", err)
+
+    def test_issueRefusals(self) -> None:
+        """
+        C{pki issue} refuses the PKI's own names, an existing name (unless
+        C{--force}), out-of-range days and names that are not valid.
+        """
+        for argv, fragment in [
+            (["ca"], "'ca' is not a usable certificate name"),
+            (["server"], "'server' is not a usable certificate name"),
+            (["../x"], "is not a usable certificate name"),
+            (["n", "--days", "0"], "--days must be from 1 to 36500, not 0"),
+            (["n", "--days", "99999999"], "--days must be from 1 to 36500"),
+            (["n", "--dns", "é.example"], "cannot make certificate n"),
+        ]:
+            code, out, err = self.command("pki", "issue", "--pki", self.pki, *argv)
+            self.assertEqual(code, 1, argv)
+            self.assertIn(fragment, err)
+            self.assertEqual(err.count("\n"), 1, err)
+        self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice")[0], 0)
+        first = self.read("alice.crt")
+        code, out, err = self.command("pki", "issue", "--pki", self.pki, "alice")
+        self.assertEqual(code, 1)
+        self.assertIn("exists; use --force", err)
+        self.assertEqual(self.read("alice.crt"), first)
+        self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice", "--force")[0], 0)
+        self.assertNotEqual(self.read("alice.crt"), first)
+
+    def test_unwritable(self) -> None:
+        """
+        A directory that cannot be made gives one line.
+        """
+        code, out, err = self.command("pki", "init", "/proc/mtlsd-cannot-write-here")
+        self.assertEqual(code, 1)
+        self.assertIn("cannot write the PKI in /proc/mtlsd-cannot-write-here", err)
+        self.assertEqual(err.count("\n"), 1)

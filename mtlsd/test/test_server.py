@@ -315,6 +315,44 @@ class RejectTests(_LoggingTestCase):
         accepted.flush()
         self.assertTrue(accepted.app.made)
 
+    def test_unreadableCertificate(self) -> None:
+        """
+        A certificate OpenSSL accepts but cryptography cannot read (a 5-byte
+        IP address in its subjectAltName) is turned away with its reason,
+        not a traceback, and never reaches the application.
+        """
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import ExtensionOID, NameOID
+
+        from mtlsd._pki import newKey
+        from mtlsd.test.helpers import Credentials
+
+        key = newKey()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd")])
+        odd = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(self.ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(hoursAgo(1))
+            .not_valid_after(hoursAgo(-24))
+            .add_extension(
+                x509.UnrecognizedExtension(
+                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, bytes.fromhex("30078705") + b"\1\2\3\4\5"
+                ),
+                critical=False,
+            )
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        self.assertRejected(
+            Credentials(odd, key),
+            "unreadable client certificate: "
+            + str(self.assertRaises(ValueError, lambda: odd.extensions)),
+            trusted=[self.ca.certificate],
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_serverOnlyUsage(self) -> None:
         """
         A trusted certificate whose extended key usage excludes clientAuth is
