@@ -5,16 +5,19 @@ The twistd plugin: C{twistd -n mtlsd [options]}.
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     quoteStringArgument,
     serverFromString,
 )
 from twisted.internet.interfaces import (
+    IListeningPort,
     IProtocolFactory,
     IReactorCore,
     IStreamServerEndpoint,
@@ -23,6 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.wire import Echo
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
 from ._context import DEFAULT_VERIFY_DEPTH, ServerContext, ServerTLSSettings
@@ -35,21 +39,24 @@ DEFAULT_PORT = 8082
 log = Logger(namespace="mtlsd")
 
 
-def _number(option: str, kind: type[int] | type[float], minimum: float) -> Any:
+def _number(
+    option: str, kind: type[int] | type[float], minimum: float, maximum: float = math.inf
+) -> Any:
     """
     A coercer for C{usage.Options} whose error names the option.
     """
+    wanted = f"at least {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
 
     def coerce(value: str) -> int | float:
         try:
             number = kind(value)
         except ValueError:
             number = None
-        if number is None or number < minimum:
-            raise ValueError(f"--{option} wants a number of at least {minimum}, not {value!r}")
+        if number is None or not minimum <= number <= maximum:
+            raise ValueError(f"--{option} wants a number {wanted}, not {value!r}")
         return number
 
-    coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"{wanted.capitalize()}."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -70,8 +77,8 @@ class Options(usage.Options):
             "port",
             "p",
             None,
-            f"TCP port to listen on (default {DEFAULT_PORT}).",
-            _number("port", int, 0),
+            f"TCP port to listen on (default {DEFAULT_PORT}; 0: any free port).",
+            _number("port", int, 0, 65535),
         ],
         [
             "interface",
@@ -186,8 +193,10 @@ def _settings(options: Options) -> ServerTLSSettings:
 
 
 def _connectCommand(options: Options) -> str:
-    port = options["port"] or DEFAULT_PORT
-    command = f"echo hello | mtlsd connect localhost:{port}"
+    where = f"localhost:{DEFAULT_PORT if options['port'] is None else options['port']}"
+    if options["listen"]:
+        where = "HOST:PORT"
+    command = f"echo hello | mtlsd connect {where}"
     if options["pki"] != DEFAULT_PKI_DIR:
         command += f" --pki {options['pki']}"
     return command
@@ -207,19 +216,68 @@ def _appFactory(name: str) -> IProtocolFactory:
     return factory
 
 
-def _endpoints(reactor: Any, options: Options) -> list[IStreamServerEndpoint]:
+def _allInterfaces() -> str:
+    """
+    The address meaning "all interfaces": C{::}, which takes IPv4 clients
+    too, where the system has IPv6 with dual-stack sockets; else C{0.0.0.0}.
+    """
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            dualStack = f.read().strip() == "0"
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return "0.0.0.0"
+    return "::" if dualStack else "0.0.0.0"
+
+
+def _endpoints(reactor: Any, options: Options) -> list[tuple[str, IStreamServerEndpoint]]:
     if not options["listen"]:
-        port = options["port"] or DEFAULT_PORT
-        # "::" is dual-stack on Linux: IPv4 clients arrive as ::ffff:a.b.c.d.
-        interface = options["interface"] or "::"
-        return [serverFromString(reactor, f"tcp:{port}:interface={quoteStringArgument(interface)}")]
+        port = DEFAULT_PORT if options["port"] is None else options["port"]
+        interface = options["interface"] or _allInterfaces()
+        description = f"tcp:{port}:interface={quoteStringArgument(interface)}"
+        return [(description, serverFromString(reactor, description))]
     endpoints = []
     for description in options["listen"]:
         try:
-            endpoints.append(serverFromString(reactor, description))
+            endpoints.append((description, serverFromString(reactor, description)))
         except Exception as e:
             raise ConfigurationError(f"--listen {description}: {e}") from None
     return endpoints
+
+
+class _ListeningService(Service):
+    """
+    Listens on one endpoint while running.  Unlike Twisted's
+    L{StreamServerEndpointService}, a failure to listen (a port in use, an
+    address not on this host) stops start-up with one line.
+    """
+
+    def __init__(
+        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
+        self._description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        outcome: list[IListeningPort | Failure] = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if not outcome:
+            raise SystemExit(f"mtlsd: {self._description} did not start listening at once.")
+        if isinstance(outcome[0], Failure):
+            raise SystemExit(
+                f"mtlsd: cannot listen on {self._description}: {outcome[0].getErrorMessage()}"
+            )
+        self._port = outcome[0]
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return port.stopListening()
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
@@ -241,13 +299,12 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         log.warn("WARNING: {problem}", problem=warning)
     context = ServerContext(settings)
     service = MultiService()
-    for endpoint in endpoints:
-        child = StreamServerEndpointService(
+    for description, endpoint in endpoints:
+        _ListeningService(
+            description,
             MtlsServerEndpoint(context, endpoint, options["handshake-timeout"]),
             appFactory,
-        )
-        child._raiseSynchronously = True
-        child.setServiceParent(service)
+        ).setServiceParent(service)
     if not options["cert"]:
         log.info("try: {command}", command=_connectCommand(options))
     return service

@@ -30,7 +30,7 @@ def runCommand(case: SynchronousTestCase, *argv: str) -> tuple[int, str, str]:
     case.patch(sys, "stderr", err)
     with case.assertRaises(SystemExit) as exit:
         main(list(argv))
-    return exit.exception.code, out.getvalue(), err.getvalue()  # type: ignore[return-value]
+    return exit.exception.code, out.getvalue(), err.getvalue()
 
 
 class CommandTests(SynchronousTestCase):

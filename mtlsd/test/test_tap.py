@@ -61,7 +61,8 @@ class OptionsTests(SynchronousTestCase):
             (["--listen", "tcp:1", "--interface", "::1"], "--interface goes with --port"),
             (["--verify-depth", "0"], "--verify-depth"),
             (["--handshake-timeout", "0"], "--handshake-timeout wants a number"),
-            (["--port", "eighty"], "--port wants a number of at least 0, not 'eighty'"),
+            (["--port", "eighty"], "--port wants a number from 0 to 65535, not 'eighty'"),
+            (["--port", "70000"], "--port wants a number from 0 to 65535, not '70000'"),
         ]:
             error = self.assertRaises(UsageError, parse, *argv)
             self.assertIn(fragment, str(error), argv)
@@ -122,6 +123,37 @@ class MakeServiceTests(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual(
             str(error.code), f"mtlsd: server certificate file {missing} does not exist."
+        )
+
+    def test_portZero(self) -> None:
+        """
+        C{--port 0} asks for any free port, not the default.
+        """
+        reactor = self.start("--pki", os.path.join(self.dir, "pki"), "--port", "0")
+        self.assertEqual(reactor.tcpServers[0][0], 0)
+
+    def test_cannotListen(self) -> None:
+        """
+        A port that cannot be bound stops start-up with one line.
+        """
+        import socket
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        from twisted.internet import reactor
+
+        service = makeService(
+            parse("--pki", os.path.join(self.dir, "pki"), "--port", str(port), "-i", "127.0.0.1"),
+            reactor,
+        )
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertEqual(
+            str(error.code),
+            f"mtlsd: cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on"
+            f" 127.0.0.1:{port}: [Errno 98] Address already in use.",
         )
 
     def test_badApp(self) -> None:
