@@ -1,3 +1,4 @@
+# -*- test-case-name: mtlsd.test.test_files -*-
 """
 The errors mtlsd raises for bad input.
 """

@@ -18,6 +18,9 @@ from ._errors import ConfigurationError
 _CERTIFICATE_MARKER = b"-----BEGIN CERTIFICATE-----"
 
 Path = str | os.PathLike[str]
+"""
+A file name, as text or a path object.
+"""
 
 
 def readFile(path: Path, what: str) -> bytes:
@@ -64,6 +67,13 @@ def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
                 f"{source}: certificate {number} (line {line}) is not a valid"
                 f" PEM certificate ({reason})."
             ) from None
+    # A damaged BEGIN or END line hides a certificate from the parser.
+    begins, ends = data.count(b"BEGIN CERTIFICATE"), data.count(b"END CERTIFICATE")
+    if begins != len(certificates) or ends != len(certificates):
+        raise ConfigurationError(
+            f"{source} has {begins} BEGIN CERTIFICATE and {ends} END CERTIFICATE"
+            f" lines but {len(certificates)} readable certificates: a marker line is damaged."
+        )
     return certificates
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: mtlsd.test.test_pki -*-
+# -*- test-case-name: mtlsd.test.test_cli -*-
 """
 A development PKI: a CA, a server certificate and client certificates, made
 with C{cryptography} and written as PEM files.

@@ -90,6 +90,12 @@ class FilesTests(SynchronousTestCase):
         corrupted = second[:100] + b"!!!!" + second[104:]
         path = self.write("c.pem", good + corrupted)
         self.assertError("certificate 2 (line", loadCertificates, path, "client certificates")
+        for damaged, fragment in [
+            (second.replace(b"-----BEGIN", b"----BEGIN"), "a marker line is damaged"),
+            (second.replace(b"CERTIFICATE-----\n", b"CERTIFICATE----\n"), "certificate 2 (line"),
+        ]:
+            path = self.write("d.pem", good + damaged)
+            self.assertError(fragment, loadCertificates, path, "x")
         truncated = self.write("t.pem", good + second[: len(second) - 40])
         self.assertError("certificate 2 (line", loadCertificates, truncated, "client certificates")
 
