@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -192,10 +193,7 @@ def _settings(options: Options) -> ServerTLSSettings:
     )
 
 
-def _connectCommand(options: Options) -> str:
-    where = f"localhost:{DEFAULT_PORT if options['port'] is None else options['port']}"
-    if options["listen"]:
-        where = "HOST:PORT"
+def _connectCommand(options: Options, where: str) -> str:
     command = f"echo hello | mtlsd connect {where}"
     if options["pki"] != DEFAULT_PKI_DIR:
         command += f" --pki {options['pki']}"
@@ -253,11 +251,16 @@ class _ListeningService(Service):
     """
 
     def __init__(
-        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        onListening: Callable[[IListeningPort], object] = lambda port: None,
     ) -> None:
         self._description = description
         self._endpoint = endpoint
         self._factory = factory
+        self._onListening = onListening
         self._port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -271,6 +274,7 @@ class _ListeningService(Service):
                 f"mtlsd: cannot listen on {self._description}: {outcome[0].getErrorMessage()}"
             )
         self._port = outcome[0]
+        self._onListening(self._port)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -299,12 +303,16 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         log.warn("WARNING: {problem}", problem=warning)
     context = ServerContext(settings)
     service = MultiService()
+
+    def suggestConnect(port: IListeningPort) -> None:
+        where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]
+        log.info("try: {command}", command=_connectCommand(options, where))
+
     for description, endpoint in endpoints:
         _ListeningService(
             description,
             MtlsServerEndpoint(context, endpoint, options["handshake-timeout"]),
             appFactory,
+            suggestConnect if not options["cert"] else lambda port: None,
         ).setServiceParent(service)
-    if not options["cert"]:
-        log.info("try: {command}", command=_connectCommand(options))
     return service

@@ -28,7 +28,6 @@ DEADLINE = 15.0
 POLL = 0.05
 
 # The readiness probe connects and closes at once; the daemon logs it so.
-PROBE_REASON = "closed before handshake"
 
 _REJECTED = re.compile(r"\[mtlsd#info\] rejected (\S+): (.*)$", re.MULTILINE)
 _ACCEPTED = re.compile(
@@ -45,15 +44,6 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     return env
-
-
-def freePort() -> int:
-    """
-    @return: a TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(
@@ -226,9 +216,9 @@ class Daemon:
     log file.
     """
 
-    def __init__(self, directory: str, port: int, args: Sequence[str], twist: bool = False):
+    def __init__(self, directory: str, args: Sequence[str], twist: bool = False):
         self.directory = directory
-        self.port = port
+        self.port = 0
         self.logPath = os.path.join(directory, "daemon.log")
         if twist:
             command = [TWIST, "mtlsd", *args]
@@ -264,27 +254,27 @@ class Daemon:
         with open(self.logPath, encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def waitForPort(self, deadline: float = DEADLINE) -> None:
+    def waitForListening(self, deadline: float = DEADLINE) -> int:
         """
-        Wait until the daemon accepts TCP connections on its port.
+        Wait until the daemon logs the port it listens on (it is started on
+        port 0, so no other process can hold it), and remember it.
 
         @raise AssertionError: if it exits or is not listening in time.
+        @return: the port.
         """
         end = time.monotonic() + deadline
         while True:
+            found = re.search(r"\(TLS\) starting on (\d+)", self.log())
+            if found:
+                self.port = int(found.group(1))
+                return self.port
             if self.process.poll() is not None:
                 raise AssertionError(
                     f"the daemon exited with {self.process.returncode}:\n{self.log()}"
                 )
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > end:
-                    raise AssertionError(
-                        f"nothing listening on {self.port} after {deadline}s:\n{self.log()}"
-                    ) from None
-                time.sleep(POLL)
+            if time.monotonic() > end:
+                raise AssertionError(f"the daemon did not listen within {deadline}s:\n{self.log()}")
+            time.sleep(POLL)
 
     def waitForLog(self, pattern: str, count: int = 1, deadline: float = DEADLINE) -> list[str]:
         """
@@ -310,7 +300,7 @@ class Daemon:
         @return: the reasons of the daemon's C{rejected} lines, except the
             readiness probe's.
         """
-        return [reason for _, reason in _REJECTED.findall(self.log()) if reason != PROBE_REASON]
+        return [reason for _, reason in _REJECTED.findall(self.log())]
 
     def waitForRejections(self, count: int, deadline: float = DEADLINE) -> list[str]:
         """

@@ -92,7 +92,10 @@ class FilesTests(SynchronousTestCase):
         self.assertError("certificate 2 (line", loadCertificates, path, "client certificates")
         for damaged, fragment in [
             (second.replace(b"-----BEGIN", b"----BEGIN"), "a marker line is damaged"),
-            (second.replace(b"END CERTIFICATE-----", b"END CERTIFICATE----"), "certificate 2 (line"),
+            (
+                second.replace(b"END CERTIFICATE-----", b"END CERTIFICATE----"),
+                "certificate 2 (line",
+            ),
         ]:
             path = self.write("d.pem", good + damaged)
             self.assertError(fragment, loadCertificates, path, "x")
