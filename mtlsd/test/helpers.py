@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from zope.interface import implementer
 
-from mtlsd._client import ClientContext, ClientTLSSettings
+from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
 from mtlsd._context import ServerContext, ServerTLSSettings
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._server import mtlsServerFactory
@@ -94,7 +94,7 @@ class Recorder(Protocol):
         self.made = False
         self.handshook = False
         self.received = b""
-        self.lost: Failure | None = None
+        self.lost: Any = None
 
     def connectionMade(self) -> None:
         self.made = True
@@ -122,7 +122,13 @@ class Connection:
         app: Any = None,
         handshakeTimeout: float = 10.0,
         clock: Clock | None = None,
+        gated: bool = False,
     ) -> None:
+        """
+        @param gated: put mtlsd's client gate (as L{MtlsClientEndpoint} does)
+            between the client's TLS layer and its protocol, so the protocol
+            sees mtlsd's errors.
+        """
         self.clock = clock or Clock()
         self.app: Any = app if app is not None else Recorder()
         self.clientContext = client
@@ -133,9 +139,10 @@ class Connection:
             handshakeTimeout=handshakeTimeout,
             clock=self.clock,
         )
-        clientFactory = TLSMemoryBIOFactory(
-            client, True, Factory.forProtocol(lambda: self.client), clock=self.clock
-        )
+        clientApp: Any = Factory.forProtocol(lambda: self.client)
+        if gated:
+            clientApp = _ClientGateFactory(client, clientApp)
+        clientFactory = TLSMemoryBIOFactory(client, True, clientApp, clock=self.clock)
         self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(
             lambda: serverFactory.buildProtocol(CLIENT_ADDRESS),
             lambda: clientFactory.buildProtocol(SERVER_ADDRESS),

@@ -36,7 +36,7 @@ class ClientTests(SynchronousTestCase):
     def failure(self, c: Connection) -> Exception | None:
         self.assertIsNotNone(c.client.lost)
         return describeClientFailure(
-            c.client.lost,  # type: ignore[arg-type]
+            c.client.lost,
             c.clientContext,
             c.clientConnection,
         )
@@ -130,3 +130,84 @@ class ClientTests(SynchronousTestCase):
         server = self.ca.issue("localhost", names=("localhost",))
         c = self.connect(server)
         self.assertIsInstance(self.failure(c), ServerNotTrusted)
+
+
+class GateTests(SynchronousTestCase):
+    """
+    Behind L{MtlsClientEndpoint}, the application protocol gets mtlsd's
+    errors in C{connectionLost}.
+    """
+
+    def setUp(self) -> None:
+        self.ca = TestCA()
+        self.client = selfSigned("alice")
+
+    def connect(self, client, hostname: str = "localhost") -> Connection:
+        c = Connection(
+            serverContext(self.ca.server(), [self.client.certificate]),
+            clientContext(client, [self.ca.certificate], hostname),
+            gated=True,
+        )
+        c.flush()
+        return c
+
+    def test_rejectedClient(self) -> None:
+        """
+        The server's alert after a TLS 1.3 handshake arrives as
+        L{ServerRejectedClient}.
+        """
+        c = self.connect(selfSigned("stranger"))
+        self.assertTrue(c.client.handshook)
+        self.assertIsNotNone(c.client.lost)
+        c.client.lost.trap(ServerRejectedClient)
+
+    def test_untrustedServer(self) -> None:
+        """
+        A server certificate for another name arrives as L{ServerNotTrusted}.
+        """
+        c = self.connect(self.client, "example.test")
+        self.assertFalse(c.client.handshook)
+        c.client.lost.trap(ServerNotTrusted)
+
+    def test_cleanClose(self) -> None:
+        """
+        An accepted client sees the data and a clean close.
+        """
+        from twisted.internet.error import ConnectionDone
+
+        c = self.connect(self.client)
+        c.clientTLS.write(b"hi")
+        c.flush()
+        self.assertEqual(c.app.received, b"hi")
+        c.clientTLS.loseConnection()
+        c.flush()
+        c.client.lost.trap(ConnectionDone)
+
+
+class PinnedServerTests(SynchronousTestCase):
+    """
+    The client trusts a server certificate listed alone, self-signed (the
+    recipe's C{cafile=server.crt}) or CA-issued (partial chain).
+    """
+
+    def test_pinned(self) -> None:
+        """
+        A pinned server certificate is trusted without its CA; another
+        certificate of the same CA is not.
+        """
+        ca = TestCA()
+        client = selfSigned("alice")
+        server, other = ca.server(), ca.server()
+        for pinned, expectTrusted in [(server, True), (other, False)]:
+            c = Connection(
+                serverContext(server, [client.certificate]),
+                clientContext(client, [pinned.certificate]),
+            )
+            c.flush()
+            self.assertEqual(c.app.made, expectTrusted)
+        recipe = selfSigned("localhost", usages=(), names=("localhost",))
+        c = Connection(
+            serverContext(recipe, [client.certificate]), clientContext(client, [recipe.certificate])
+        )
+        c.flush()
+        self.assertTrue(c.app.made)

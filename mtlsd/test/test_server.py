@@ -151,7 +151,7 @@ class AcceptTests(_LoggingTestCase):
         c.flush()
         self.assertIsNone(
             describeClientFailure(
-                c.client.lost,  # type: ignore[arg-type]
+                c.client.lost,
                 c.clientContext,
                 None,
             )
@@ -179,7 +179,7 @@ class AcceptTests(_LoggingTestCase):
         self.assertEqual(c.client.received, payload)
         self.assertIsNone(
             describeClientFailure(
-                c.client.lost,  # type: ignore[arg-type]
+                c.client.lost,
                 c.clientContext,
                 None,
             )
@@ -221,7 +221,7 @@ class RejectTests(_LoggingTestCase):
         """
         c = self.assertRejected(None, "no client certificate")
         error = describeClientFailure(
-            c.client.lost,  # type: ignore[arg-type]
+            c.client.lost,
             c.clientContext,
             None,
         )
@@ -235,7 +235,10 @@ class RejectTests(_LoggingTestCase):
         c = self.assertRejected(selfSigned("mallory"), "self-signed certificate")
         [rejected] = self.mtlsdEvents("rejected")
         self.assertEqual((rejected["depth"], rejected["subject"]), (0, "CN=mallory"))
-        self.assertTrue(c.client.handshook or c.client.lost)
+        self.assertIsInstance(
+            describeClientFailure(c.client.lost, c.clientContext, None),
+            ServerRejectedClient,
+        )
 
     def test_otherCA(self) -> None:
         """
