@@ -7,30 +7,36 @@ context, through Twisted's L{CertificateOptions}.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, X509StoreFlags
+from OpenSSL.crypto import X509, X509Store, X509StoreContext, X509StoreContextError, X509StoreFlags
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
+    TLSVersion,
     trustRootFromCertificates,
 )
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ._errors import ConfigurationError
-from ._files import checkKeyMatches, loadCertificates, loadPrivateKey
-from ._reasons import verifyErrorText
+from ._files import Path, checkKeyMatches, loadCertificates, loadCRLs, loadPrivateKey
+from ._identity import identityFromCertificate
+from ._policy import AllowPolicy
+from ._reasons import NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
+
+_UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
 
 DEFAULT_VERIFY_DEPTH = 4
+TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+CRL_WARNING_AHEAD = datetime.timedelta(days=1)
 
 
 def _positive(instance: object, attribute: object, value: int) -> None:
@@ -38,44 +44,76 @@ def _positive(instance: object, attribute: object, value: int) -> None:
         raise ValueError(f"verify depth must be at least 1, not {value}")
 
 
+def _tlsVersion(instance: object, attribute: object, value: str) -> None:
+    if value not in TLS_VERSIONS:
+        raise ConfigurationError(f"--tls-min-version must be 1.2 or 1.3, not {value!r}.")
+
+
+def _isCA(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _subject(name: x509.Name) -> str:
+    return name.rfc4514_string()
+
+
 @frozen
 class ServerTLSSettings:
     """
-    What a mutual-TLS server needs: its certificate, chain and key, and the
-    client certificates and CAs it trusts.
+    What a mutual-TLS server needs: its certificate, chain and key, the
+    client certificates and CAs it trusts, revocation lists and who of the
+    verified clients may in.
 
     @ivar certificate: the server's certificate.
     @ivar privateKey: its private key.
     @ivar chain: intermediate certificates sent after it.
     @ivar trusted: trusted client certificates and CA certificates.  A client
         is accepted when its certificate is one of them or chains to one.
+    @ivar crls: certificate revocation lists.  With any, the client
+        certificate is checked against its issuer's CRL; a CA with no CRL
+        here is not checked unless C{crlRequired}.
+    @ivar crlCheckChain: check every CA of the chain, not just the leaf.
+    @ivar crlRequired: reject clients whose issuer has no CRL here.
+    @ivar policy: the allow-list verified clients must match.
     @ivar verifyDepth: the longest client chain accepted (OpenSSL's verify
         depth: a leaf, up to this many intermediates, and the root).
+    @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
     """
 
     certificate: x509.Certificate
     privateKey: PrivateKeyTypes
     chain: tuple[x509.Certificate, ...] = ()
-    trusted: tuple[x509.Certificate, ...] = field(default=())
+    trusted: tuple[x509.Certificate, ...] = ()
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    crlCheckChain: bool = False
+    crlRequired: bool = False
+    policy: AllowPolicy = AllowPolicy()
     verifyDepth: int = field(default=DEFAULT_VERIFY_DEPTH, validator=_positive)
+    minimumTLSVersion: str = field(default="1.2", validator=_tlsVersion)
 
     @classmethod
     def fromFiles(
         cls,
-        certificatePath: str | os.PathLike[str],
-        keyPath: str | os.PathLike[str] | None,
-        clientCertificatePaths: Sequence[str | os.PathLike[str]],
-        verifyDepth: int = DEFAULT_VERIFY_DEPTH,
+        certificatePath: Path,
+        keyPath: Path | None,
+        clientCertificatePaths: Sequence[Path],
+        crlPaths: Sequence[Path] = (),
+        **options: Any,
     ) -> ServerTLSSettings:
         """
-        Load settings from PEM files.
+        Load settings from files.
 
-        @param certificatePath: the server certificate, optionally followed
-            by its chain and/or its key.
+        @param certificatePath: the server certificate (PEM), optionally
+            followed by its chain and/or its key.
         @param keyPath: the server's key, or L{None} for the key inside
             C{certificatePath}.
         @param clientCertificatePaths: bundles of trusted client certificates
-            and/or CA certificates.
+            and/or CA certificates (PEM).
+        @param crlPaths: CRLs (PEM or DER).
+        @param options: the other attributes (C{policy}, C{verifyDepth}, ...).
         @raise ConfigurationError: for any unusable file, or a key that does
             not match the certificate.
         """
@@ -85,31 +123,67 @@ class ServerTLSSettings:
         checkKeyMatches(certificate, privateKey, certificatePath, keyPath)
         if not clientCertificatePaths:
             raise ConfigurationError("no trusted client certificates were given.")
-        trusted: list[x509.Certificate] = []
-        for path in clientCertificatePaths:
-            trusted.extend(loadCertificates(path, "client certificates"))
-        return cls(certificate, privateKey, tuple(chain), tuple(trusted), verifyDepth)
+        trusted = [
+            c for p in clientCertificatePaths for c in loadCertificates(p, "client certificates")
+        ]
+        crls = [crl for p in crlPaths for crl in loadCRLs(p)]
+        return cls(certificate, privateKey, tuple(chain), tuple(trusted), tuple(crls), **options)
+
+    @property
+    def checksRevocation(self) -> bool:
+        """
+        Whether OpenSSL checks client certificates against CRLs.
+        """
+        return bool(self.crls) or self.crlRequired
 
     def warnings(self, now: datetime.datetime | None = None) -> list[str]:
         """
-        @return: sentences about settings that work but should not: an
-            expired or not yet valid server certificate.
+        @return: sentences about settings that work but may not do what is
+            wanted: a server certificate out of its validity, a CRL past or
+            near its nextUpdate or matching no trusted CA, a trusted CA that
+            admits every certificate it issues (no allow-list).
         """
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        subject = self.certificate.subject.rfc4514_string()
-        if self.certificate.not_valid_after_utc < now:
-            return [
-                f"the server certificate {subject} EXPIRED on"
-                f" {self.certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC:"
-                " clients will reject it."
-            ]
-        if self.certificate.not_valid_before_utc > now:
-            return [
-                f"the server certificate {subject} is not valid before"
-                f" {self.certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC:"
-                " clients will reject it."
-            ]
-        return []
+        found = []
+        server = self.certificate
+        if server.not_valid_after_utc < now:
+            found.append(
+                f"the server certificate {_subject(server.subject)} EXPIRED on"
+                f" {server.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC: clients will reject it."
+            )
+        elif server.not_valid_before_utc > now:
+            found.append(
+                f"the server certificate {_subject(server.subject)} is not valid before"
+                f" {server.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC: clients will reject it."
+            )
+        cas = [c for c in self.trusted if _isCA(c)]
+        for crl in self.crls:
+            issuer = _subject(crl.issuer)
+            nextUpdate = crl.next_update_utc
+            if not any(ca.subject == crl.issuer for ca in cas):
+                found.append(f"the CRL of {issuer} matches no trusted CA: it is not used.")
+            elif nextUpdate is not None and nextUpdate < now:
+                found.append(
+                    f"the CRL of {issuer} is past its nextUpdate ({nextUpdate:%Y-%m-%d %H:%M:%S}"
+                    " UTC): every client of that CA is rejected until the CRL is renewed."
+                )
+            elif nextUpdate is not None and nextUpdate < now + CRL_WARNING_AHEAD:
+                found.append(
+                    f"the CRL of {issuer} reaches its nextUpdate at {nextUpdate:%Y-%m-%d %H:%M:%S}"
+                    " UTC: after that every client of that CA is rejected; renew it."
+                )
+        for ca in cas:
+            if self.crlRequired and not any(crl.issuer == ca.subject for crl in self.crls):
+                found.append(
+                    f"--crl-required and no CRL for CA {_subject(ca.subject)}: every client"
+                    " of that CA is rejected."
+                )
+            if self.policy.isEmpty:
+                found.append(
+                    f"every certificate issued by CA {_subject(ca.subject)} is admitted; use"
+                    " --allow-* options to admit only some."
+                )
+        return found
 
 
 @frozen
@@ -172,43 +246,151 @@ class VerifyRecorder:
         return self._failures.get(connection)
 
 
+class LiveSession(Protocol):
+    """
+    An established connection, as the context sees it when trust changes.
+    """
+
+    peerCertificate: x509.Certificate | None
+    peerChain: tuple[x509.Certificate, ...]
+
+    def cut(self, reason: str) -> None:
+        """
+        Close the connection because its peer is no longer admitted.
+        """
+
+
+def _storeFlags(settings: ServerTLSSettings) -> int:
+    flags = X509StoreFlags.PARTIAL_CHAIN
+    if settings.checksRevocation:
+        flags |= X509StoreFlags.CRL_CHECK
+        if settings.crlCheckChain:
+            flags |= X509StoreFlags.CRL_CHECK_ALL
+    return flags
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerContext:
     """
     The server side of mutual TLS: creates the OpenSSL connection for each
-    accepted socket, and remembers why a client's certificate was rejected.
+    accepted socket, remembers why a client's certificate was rejected, and
+    takes new settings while running (L{update}).
 
-    The context is built once by L{CertificateOptions} with C{trustRoot} made
-    from the trusted certificates (so Twisted requires and verifies a client
+    Each context is built by L{CertificateOptions} with C{trustRoot} made from
+    the trusted certificates (so Twisted requires and verifies a client
     certificate), then completed before any connection uses it:
      - partial-chain verification, so a CA-issued leaf listed alone is
        trusted as a pin;
+     - the CRLs and CRL checking;
      - the trusted subjects sent as acceptable client CA names;
      - the verify depth;
-     - a verify callback that records OpenSSL's verdict and never changes it.
+     - a verify callback that records OpenSSL's verdict.  It changes one
+       verdict only: when the issuer has no CRL here and CRLs are not
+       required, "unable to get certificate CRL" is not an error.
     """
 
     def __init__(self, settings: ServerTLSSettings) -> None:
-        self.settings = settings
         self._recorder = VerifyRecorder()
+        self.sessions: set[LiveSession] = set()
+        self.update(settings)
+
+    def update(self, settings: ServerTLSSettings) -> None:
+        """
+        Use C{settings} for new connections; established ones keep theirs
+        (see L{revalidate}).
+
+        @raise OpenSSL.SSL.Error: if OpenSSL refuses the settings; the
+            current ones then stay in force.
+        """
+        minimum = settings.minimumTLSVersion
         # CertificateOptions takes cryptography objects (its hints say
         # pyOpenSSL's, whose use is deprecated).
-        self._options = CertificateOptions(
+        options = CertificateOptions(
             privateKey=cast(Any, settings.privateKey),
             certificate=cast(Any, settings.certificate),
             extraCertChain=cast(Any, list(settings.chain)),
             trustRoot=trustRootFromCertificates(
                 [Certificate(X509.from_cryptography(c)) for c in settings.trusted]
             ),
+            **({"raiseMinimumTo": TLS_VERSIONS[minimum]} if minimum != "1.2" else {}),
         )
-        context = self._options.getContext()
+        context = options.getContext()
         store = context.get_cert_store()
         assert store is not None
-        store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
+        for crl in settings.crls:
+            store.add_crl(crl)
+        store.set_flags(_storeFlags(settings))
         context.set_verify_depth(settings.verifyDepth)
         for certificate in settings.trusted:
             context.add_client_ca(certificate)
-        context.set_verify(context.get_verify_mode(), self._recorder.record)
+        ignoreMissingCRL = settings.checksRevocation and not settings.crlRequired
+
+        def verify(
+            connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
+        ) -> bool:
+            if ignoreMissingCRL and errno == _UNABLE_TO_GET_CRL:
+                return True
+            return self._recorder.record(connection, certificate, errno, depth, ok)
+
+        context.set_verify(context.get_verify_mode(), verify)
+        self.settings, self._options = settings, options
+
+    def recheck(
+        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> str | None:
+        """
+        Would a client presenting C{certificate} (and C{chain}) be admitted
+        under the current settings?
+
+        @return: L{None} if so, else the reason: C{revoked}, C{no longer
+            trusted} or C{not allowed by policy}.
+        """
+        settings = self.settings
+
+        def verify(flags: int) -> int | None:
+            store = X509Store()
+            for trusted in settings.trusted:
+                store.add_cert(X509.from_cryptography(trusted))
+            for crl in settings.crls:
+                store.add_crl(crl)
+            store.set_flags(flags)
+            try:
+                X509StoreContext(
+                    store,
+                    X509.from_cryptography(certificate),
+                    [X509.from_cryptography(c) for c in chain],
+                ).verify_certificate()
+            except X509StoreContextError as e:
+                return int(e.errors[0])
+            return None
+
+        errno = verify(_storeFlags(settings))
+        if errno == _UNABLE_TO_GET_CRL and not settings.crlRequired:
+            errno = verify(X509StoreFlags.PARTIAL_CHAIN)
+        if errno == SSL.X509VerificationCodes.ERR_CERT_REVOKED:
+            return REVOKED
+        if errno is not None:
+            return NO_LONGER_TRUSTED
+        if not settings.policy.allows(identityFromCertificate(certificate)):
+            return NOT_ALLOWED
+        return None
+
+    def revalidate(self) -> int:
+        """
+        Cut every established connection whose peer the current settings
+        no longer admit.
+
+        @return: how many were cut.
+        """
+        cut = 0
+        for session in list(self.sessions):
+            if session.peerCertificate is None:
+                continue
+            reason = self.recheck(session.peerCertificate, session.peerChain)
+            if reason is not None:
+                session.cut(reason)
+                cut += 1
+        return cut
 
     def verifyFailure(self, connection: SSL.Connection) -> VerifyFailure | None:
         """

@@ -7,6 +7,8 @@ and the problem.  C{cryptography} does all the parsing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._errors import ConfigurationError
 
-_CERTIFICATE_MARKER = b"-----BEGIN CERTIFICATE-----"
+T = TypeVar("T")
 
 Path = str | os.PathLike[str]
 """
@@ -40,41 +42,68 @@ def readFile(path: Path, what: str) -> bytes:
         raise ConfigurationError(f"{what} file {path} cannot be read: {e.strerror}.") from None
 
 
-def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
+def _parsePEM(
+    data: bytes, source: str, label: str, what: str, parse: Callable[[bytes], T]
+) -> list[T]:
     """
-    Parse every certificate of a PEM bundle.  Blocks of other types (a
-    private key after the certificate) are ignored; a broken certificate
-    block is an error, never silently skipped.
-
-    @param source: the file name (or another label) for the error message.
-    @raise ConfigurationError: if there is no certificate or one is broken.
+    Parse every PEM block of one type (C{label}, e.g. C{CERTIFICATE}) in
+    C{data} with C{parse}.  Blocks of other types are ignored; a broken
+    block, or a damaged BEGIN/END line, is an error, never silently skipped.
     """
+    marker = b"-----BEGIN " + label.encode() + b"-----"
     starts = []
-    position = data.find(_CERTIFICATE_MARKER)
+    position = data.find(marker)
     while position != -1:
         starts.append(position)
-        position = data.find(_CERTIFICATE_MARKER, position + 1)
+        position = data.find(marker, position + 1)
     if not starts:
-        raise ConfigurationError(f"{source} holds no PEM certificate.")
-    certificates = []
+        raise ConfigurationError(f"{source} holds no PEM {what}.")
+    parsed = []
     for number, (start, end) in enumerate(zip(starts, [*starts[1:], len(data)], strict=True), 1):
         try:
-            certificates.append(x509.load_pem_x509_certificate(data[start:end]))
+            parsed.append(parse(data[start:end]))
         except ValueError as e:
             line = data.count(b"\n", 0, start) + 1
             reason = str(e).split(" See https://")[0].rstrip(".")
             raise ConfigurationError(
-                f"{source}: certificate {number} (line {line}) is not a valid"
-                f" PEM certificate ({reason})."
+                f"{source}: {what} {number} (line {line}) is not a valid PEM {what} ({reason})."
             ) from None
-    # A damaged BEGIN or END line hides a certificate from the parser.
-    begins, ends = data.count(b"BEGIN CERTIFICATE"), data.count(b"END CERTIFICATE")
-    if begins != len(certificates) or ends != len(certificates):
+    begins, ends = data.count(b"BEGIN " + label.encode()), data.count(b"END " + label.encode())
+    if begins != len(parsed) or ends != len(parsed):
         raise ConfigurationError(
-            f"{source} has {begins} BEGIN CERTIFICATE and {ends} END CERTIFICATE"
-            f" lines but {len(certificates)} readable certificates: a marker line is damaged."
+            f"{source} has {begins} BEGIN {label} and {ends} END {label} lines but"
+            f" {len(parsed)} readable: a marker line is damaged."
         )
-    return certificates
+    return parsed
+
+
+def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
+    """
+    Parse every certificate of a PEM bundle (other blocks, such as a private
+    key after the certificate, are ignored).
+
+    @param source: the file name (or another label) for the error message.
+    @raise ConfigurationError: if there is no certificate or one is broken.
+    """
+    return _parsePEM(data, source, "CERTIFICATE", "certificate", x509.load_pem_x509_certificate)
+
+
+def loadCRLs(path: Path) -> list[x509.CertificateRevocationList]:
+    """
+    Read the certificate revocation lists in a file: one or more PEM CRLs,
+    or one DER CRL.
+
+    @raise ConfigurationError: if the file cannot be read or holds no
+        valid CRL.
+    """
+    data = readFile(path, "CRL")
+    source = f"CRL file {path}"
+    if b"-----BEGIN" in data:
+        return _parsePEM(data, source, "X509 CRL", "CRL", x509.load_pem_x509_crl)
+    try:
+        return [x509.load_der_x509_crl(data)]
+    except ValueError:
+        raise ConfigurationError(f"{source} holds no PEM or DER CRL.") from None
 
 
 def loadCertificates(path: Path, what: str) -> list[x509.Certificate]:

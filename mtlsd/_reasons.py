@@ -17,8 +17,6 @@ _NOT_TLS = frozenset(
         "unknown protocol",
         "packet length too long",
         "record layer failure",
-        "unsupported protocol",
-        "no protocols available",
     }
 )
 
@@ -26,6 +24,9 @@ NO_CLIENT_CERTIFICATE = "no client certificate"
 NOT_TLS = "not TLS"
 HANDSHAKE_TIMEOUT = "handshake timeout"
 CLOSED_BEFORE_HANDSHAKE = "closed before handshake"
+NOT_ALLOWED = "not allowed by policy"
+REVOKED = "revoked"
+NO_LONGER_TRUSTED = "no longer trusted"
 
 
 def verifyErrorText(errno: int) -> str:

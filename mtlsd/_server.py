@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
+from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -34,7 +35,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from ._context import ServerContext
 from ._identity import PeerIdentity, identityFromCertificate
-from ._reasons import HANDSHAKE_TIMEOUT, handshakeFailureReason
+from ._reasons import HANDSHAKE_TIMEOUT, NOT_ALLOWED, handshakeFailureReason
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
@@ -97,7 +98,9 @@ class _GateProtocol(ProtocolWrapper):
         self._client = formatAddress(address)
         self._timeout: IDelayedCall | None = None
         self._timedOut = False
-        self._unreadable: str | None = None
+        self._refusal: tuple[str, dict[str, object]] | None = None
+        self.peerCertificate: x509.Certificate | None = None
+        self.peerChain: tuple[x509.Certificate, ...] = ()
         self._identity: PeerIdentity | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
@@ -131,15 +134,35 @@ class _GateProtocol(ProtocolWrapper):
         if self._identity is not None:
             return  # a renegotiation: the peer was already admitted
         self._cancelTimeout()
+        context = self.factory.context
+        connection = self._tls.getHandle()
         try:
-            identity = identityFromCertificate(self._tls.getPeerCertificate().to_cryptography())
+            certificate = connection.get_peer_certificate(as_cryptography=True)
+            identity = identityFromCertificate(certificate)
         except Exception as e:
             # OpenSSL verified it, but cryptography cannot read it (a malformed
             # extension, say): fail closed.
-            self._unreadable = f"unreadable client certificate: {e}"
-            self._tls.abortConnection()
+            self._refuse(f"unreadable client certificate: {e}")
+            return
+        if not context.settings.policy.allows(identity):
+            self._refuse(
+                NOT_ALLOWED,
+                commonName=identity.commonName,
+                fingerprint=identity.fingerprint,
+                dnsNames=identity.dnsNames,
+                uris=identity.uris,
+                ipAddresses=identity.ipAddresses,
+                organizationalUnits=identity.organizationalUnits,
+            )
             return
         self._identity = identity
+        self.peerCertificate = certificate
+        self.peerChain = tuple(
+            c
+            for c in connection.get_peer_cert_chain(as_cryptography=True) or ()
+            if c != certificate
+        )
+        context.sessions.add(self)
         log.info(
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
             mtlsdEvent="accepted",
@@ -148,12 +171,42 @@ class _GateProtocol(ProtocolWrapper):
             fingerprint=identity.fingerprint,
             serial=f"{identity.serial:x}",
         )
+        if certificate == context.settings.certificate:
+            log.warn(
+                "client {client} presented the server's own certificate: anyone holding it"
+                " can also impersonate this server; give clients certificates of their own",
+                mtlsdEvent="shared-certificate",
+                client=self._client,
+            )
         app = self.factory.wrappedFactory.buildProtocol(self._address)
         if app is None:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._tls.loseConnection()
             return
         self.wrappedProtocol = app
         app.makeConnection(self)
+
+    def _refuse(self, reason: str, **fields: object) -> None:
+        """
+        Turn away a client whose certificate verified but who may not in.
+        """
+        self._refusal = (reason, fields)
+        self._tls.abortConnection()
+
+    def cut(self, reason: str) -> None:
+        """
+        Close this established connection because its peer is no longer
+        admitted (see L{ServerContext.revalidate}).
+        """
+        assert self._identity is not None
+        log.info(
+            "cut {client}: CN={commonName} sha256={fingerprint}: {reason}",
+            mtlsdEvent="cut",
+            client=self._client,
+            commonName=self._identity.commonName,
+            fingerprint=self._identity.fingerprint,
+            reason=reason,
+        )
+        self._tls.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
@@ -172,6 +225,7 @@ class _GateProtocol(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancelTimeout()
         self.factory.unregisterProtocol(self)
+        self.factory.context.sessions.discard(self)
         if self._identity is None:
             self._logRejection(reason)
         else:
@@ -193,8 +247,8 @@ class _GateProtocol(ProtocolWrapper):
         fields: dict[str, object] = {}
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
-        elif self._unreadable is not None:
-            text = self._unreadable
+        elif self._refusal is not None:
+            text, fields = self._refusal
         elif failure is not None:
             text = failure.reason
             fields = {"depth": failure.depth, "subject": failure.subject}

@@ -30,9 +30,11 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
-from ._context import DEFAULT_VERIFY_DEPTH, ServerContext, ServerTLSSettings
+from ._context import DEFAULT_VERIFY_DEPTH, TLS_VERSIONS, ServerContext, ServerTLSSettings
 from ._errors import ConfigurationError
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+from ._policy import AllowPolicy
+from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, MtlsServerEndpoint
 
 DEFAULT_PORT = 8082
@@ -120,6 +122,14 @@ class Options(usage.Options):
             "Longest client certificate chain accepted.",
             _number("verify-depth", int, 1),
         ],
+        [
+            "reload-interval",
+            None,
+            DEFAULT_RELOAD_INTERVAL,
+            "Seconds between checks of the certificate, key, bundle and CRL files (0: only on SIGHUP).",
+            _number("reload-interval", float, 0),
+        ],
+        ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
     ]
     compData = usage.Completions(
         optActions={
@@ -129,10 +139,28 @@ class Options(usage.Options):
         }
     )
 
+    optFlags = [
+        [
+            "crl-check-chain",
+            None,
+            "Check the CRLs of every CA in the client's chain, not just the leaf's issuer.",
+        ],
+        [
+            "crl-required",
+            None,
+            "Reject clients whose issuer has no CRL (default: CAs without a --crl are not checked).",
+        ],
+        [
+            "keep-live-sessions",
+            None,
+            "After a reload, keep established connections whose peer is no longer admitted.",
+        ],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
-        self["client-certs"] = []
-        self["listen"] = []
+        for name in _REPEATABLE:
+            self[name] = []
 
     def opt_client_certs(self, path: str) -> None:
         """
@@ -146,17 +174,84 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    def opt_crl(self, path: str) -> None:
+        """
+        Certificate revocation list, PEM or DER (repeatable).
+        """
+        self["crl"].append(path)
+
+    def opt_allow_cn(self, pattern: str) -> None:
+        """
+        Admit clients whose CN matches (glob: * one label, ** any; repeatable).
+        """
+        self["allow-cn"].append(pattern)
+
+    def opt_allow_dns(self, pattern: str) -> None:
+        """
+        Admit clients with a matching DNS name SAN (glob; repeatable).
+        """
+        self["allow-dns"].append(pattern)
+
+    def opt_allow_uri(self, pattern: str) -> None:
+        """
+        Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).
+        """
+        self["allow-uri"].append(pattern)
+
+    def opt_allow_ip(self, network: str) -> None:
+        """
+        Admit clients with an IP SAN in this address or network (repeatable).
+        """
+        self["allow-ip"].append(network)
+
+    def opt_allow_ou(self, unit: str) -> None:
+        """
+        Admit clients with this organizational unit (repeatable).
+        """
+        self["allow-ou"].append(unit)
+
+    def opt_allow_fingerprint(self, digest: str) -> None:
+        """
+        Admit the certificate with this SHA-256 fingerprint (repeatable).
+        """
+        self["allow-fingerprint"].append(digest)
+
+    def opt_allow_spki(self, digest: str) -> None:
+        """
+        Admit certificates whose public key has this SHA-256 (repeatable).
+        """
+        self["allow-spki"].append(digest)
+
+    def policy(self) -> AllowPolicy:
+        """
+        The allow-list the C{--allow-*} options describe.
+
+        @raise ConfigurationError: for a malformed entry.
+        """
+        return AllowPolicy(
+            commonNames=self["allow-cn"],
+            dnsNames=self["allow-dns"],
+            uris=self["allow-uri"],
+            ipAddresses=self["allow-ip"],
+            organizationalUnits=self["allow-ou"],
+            fingerprints=self["allow-fingerprint"],
+            spkiFingerprints=self["allow-spki"],
+        )
+
     def postOptions(self) -> None:
+        if self["tls-min-version"] not in TLS_VERSIONS:
+            raise usage.UsageError(
+                f"--tls-min-version must be 1.2 or 1.3, not {self['tls-min-version']!r}."
+            )
         if self["listen"] and self["port"] is not None:
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
             raise usage.UsageError("--interface goes with --port, not --listen.")
         given = [name for name in ("cert", "key") if self[name]]
-        if self["client-certs"]:
-            given.append("client-certs")
+        given += [name for name in ("client-certs", "crl") if self[name]]
         if given and "cert" not in given:
             raise usage.UsageError(
-                "--key and --client-certs need --cert (or give none of them to"
+                "--key, --client-certs and --crl need --cert (or give none of them to"
                 " use the development PKI)."
             )
         if given and "client-certs" not in given:
@@ -166,14 +261,27 @@ class Options(usage.Options):
             )
 
 
-def _settings(options: Options) -> ServerTLSSettings:
+_REPEATABLE = (
+    "client-certs",
+    "listen",
+    "crl",
+    "allow-cn",
+    "allow-dns",
+    "allow-uri",
+    "allow-ip",
+    "allow-ou",
+    "allow-fingerprint",
+    "allow-spki",
+)
+
+
+def _files(options: Options) -> tuple[str, str, list[str], list[str]]:
+    """
+    The server certificate, key, client bundles and CRLs: as given, or those
+    of the development PKI, which is made if it is not there yet.
+    """
     if options["cert"]:
-        return ServerTLSSettings.fromFiles(
-            options["cert"],
-            options["key"],
-            options["client-certs"],
-            options["verify-depth"],
-        )
+        return options["cert"], options["key"], options["client-certs"], options["crl"]
     pki = DevelopmentPKI(options["pki"])
     where = os.path.abspath(options["pki"])
     if pki.exists():
@@ -182,15 +290,11 @@ def _settings(options: Options) -> ServerTLSSettings:
         pki.init()
         log.info(
             "created a development PKI in {where}: ca.crt, server.crt (for"
-            " localhost, 127.0.0.1, ::1), client.crt and their keys",
+            " localhost, 127.0.0.1, ::1), client.crt and their keys, crl.pem",
             where=where,
         )
-    return ServerTLSSettings.fromFiles(
-        pki.path("server.crt"),
-        pki.path("server.key"),
-        [pki.path("ca.crt")],
-        options["verify-depth"],
-    )
+    path = lambda name: str(pki.path(name))  # noqa: E731
+    return path("server.crt"), path("server.key"), [path("ca.crt")], [path("crl.pem")]
 
 
 def _connectCommand(options: Options, where: str) -> str:
@@ -294,7 +398,23 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
 
         reactor = globalReactor
     try:
-        settings = _settings(options)
+        certificate, key, clientCertificates, crls = _files(options)
+
+        def load() -> ServerTLSSettings:
+            return ServerTLSSettings.fromFiles(
+                certificate,
+                key,
+                clientCertificates,
+                crls,
+                crlCheckChain=options["crl-check-chain"],
+                crlRequired=options["crl-required"],
+                policy=policy,
+                verifyDepth=options["verify-depth"],
+                minimumTLSVersion=options["tls-min-version"],
+            )
+
+        policy = options.policy()
+        settings = load()
         appFactory = _appFactory(options["app"])
         endpoints = _endpoints(reactor, options)
     except ConfigurationError as e:
@@ -303,6 +423,14 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         log.warn("WARNING: {problem}", problem=warning)
     context = ServerContext(settings)
     service = MultiService()
+    TrustReloader(
+        context,
+        load,
+        [certificate, *([key] if key else []), *clientCertificates, *crls],
+        reactor,  # type: ignore[arg-type]
+        options["reload-interval"],
+        options["keep-live-sessions"],
+    ).setServiceParent(service)
 
     def suggestConnect(port: IListeningPort) -> None:
         where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ Tests for L{mtlsd._tap}: the options of C{twistd mtlsd} and the service.
 
 import os
 
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -79,7 +79,7 @@ class MakeServiceTests(SynchronousTestCase):
         os.mkdir(self.dir)
 
     def start(self, *argv: str) -> MemoryReactor:
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         service = makeService(parse(*argv), reactor)
         service.startService()
         self.addCleanup(service.stopService)
@@ -119,7 +119,7 @@ class MakeServiceTests(SynchronousTestCase):
         missing = os.path.join(self.dir, "missing.pem")
         error = self.assertRaises(
             SystemExit, makeService, parse("--cert", missing, "--client-certs", missing),
-            MemoryReactor(),
+            MemoryReactorClock(),
         )  # fmt: skip
         self.assertEqual(
             str(error.code), f"mtlsd: server certificate file {missing} does not exist."
@@ -166,7 +166,7 @@ class MakeServiceTests(SynchronousTestCase):
             ("os.getcwd", "did not return an IProtocolFactory"),
         ]:
             error = self.assertRaises(
-                SystemExit, makeService, parse("--pki", pki, "--app", name), MemoryReactor()
+                SystemExit, makeService, parse("--pki", pki, "--app", name), MemoryReactorClock()
             )
             self.assertIn(fragment, str(error.code))
 

@@ -1,0 +1,156 @@
+# -*- test-case-name: mtlsd.test.test_reload -*-
+"""
+Trust that changes without a restart: watch the files, reload on change or
+SIGHUP, keep the old settings when the new ones are bad, and cut the
+established connections the new settings no longer admit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ._context import ServerContext, ServerTLSSettings
+from ._errors import ConfigurationError
+from ._files import Path
+
+DEFAULT_RELOAD_INTERVAL = 2.0
+
+log = Logger(namespace="mtlsd")
+
+
+def _fingerprint(paths: Sequence[Path]) -> tuple[bytes | None, ...]:
+    """
+    What the watched files hold now: a digest of each (L{None} when it cannot
+    be read).  Digests see both a file rewritten in place and one replaced
+    by a rename, whatever the timestamps say.
+    """
+    digests: list[bytes | None] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                digests.append(hashlib.sha256(f.read()).digest())
+        except OSError:
+            digests.append(None)
+    return tuple(digests)
+
+
+class TrustReloader(Service):
+    """
+    Reloads a L{ServerContext}'s settings when its files change (checked
+    every C{interval} seconds) or on SIGHUP.
+
+    @ivar reloads: how many reloads succeeded.
+    @ivar failures: how many failed (the settings in force were kept).
+    """
+
+    def __init__(
+        self,
+        context: ServerContext,
+        load: Callable[[], ServerTLSSettings],
+        paths: Sequence[Path],
+        clock: IReactorTime,
+        interval: float = DEFAULT_RELOAD_INTERVAL,
+        keepLiveSessions: bool = False,
+    ) -> None:
+        """
+        @param load: reads the files and returns new settings, or raises
+            L{ConfigurationError}.
+        @param paths: the files to watch.
+        @param interval: seconds between checks; 0 checks only on SIGHUP.
+        @param keepLiveSessions: leave established connections alone after
+            a reload instead of cutting those no longer admitted.
+        """
+        self.context = context
+        self._load = load
+        self._paths = tuple(paths)
+        self._clock = clock
+        self._interval = interval
+        self._keepLiveSessions = keepLiveSessions
+        self._seen = _fingerprint(self._paths)
+        self._poll: LoopingCall | None = None
+        self._previousHandler: Any = None
+        self.reloads = 0
+        self.failures = 0
+
+    def startService(self) -> None:
+        super().startService()
+        if self._interval > 0:
+            self._poll = LoopingCall(self.check)
+            self._poll.clock = self._clock
+            self._poll.start(self._interval, now=False)
+        self._previousHandler = signal.signal(signal.SIGHUP, self._sighup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._poll is not None:
+            self._poll.stop()
+            self._poll = None
+        signal.signal(signal.SIGHUP, self._previousHandler or signal.SIG_DFL)
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # A signal handler may run in the middle of reactor code: only hand
+        # the work to the reactor, the way Twisted's own handlers do.
+        schedule = getattr(self._clock, "callFromThread", None)
+        if schedule is None:  # a test clock
+            schedule = lambda f: self._clock.callLater(0, f)  # noqa: E731
+        schedule(self._reloadOnSignal)
+
+    def _reloadOnSignal(self) -> None:
+        log.info("SIGHUP: reloading", mtlsdEvent="sighup")
+        self.reload()
+
+    def check(self) -> bool:
+        """
+        Reload if any watched file changed since the last look.
+
+        @return: whether a reload was attempted.
+        """
+        now = _fingerprint(self._paths)
+        if now == self._seen:
+            return False
+        self._seen = now
+        self.reload()
+        return True
+
+    def reload(self) -> bool:
+        """
+        Read the files again and use them: new handshakes get the new
+        settings and, unless live sessions are kept, established connections
+        whose peer is no longer admitted are cut.  On any error the settings
+        in force stay, and one line says why.
+
+        @return: whether the new settings are in force.
+        """
+        self._seen = _fingerprint(self._paths)
+        try:
+            settings = self._load()
+            self.context.update(settings)
+        except (ConfigurationError, SSL.Error, ValueError) as e:
+            self.failures += 1
+            log.error(
+                "reload failed, keeping the trust in force: {error}",
+                mtlsdEvent="reload-failed",
+                error=str(e),
+            )
+            return False
+        self.reloads += 1
+        for warning in settings.warnings():
+            log.warn("WARNING: {problem}", problem=warning)
+        cut = 0 if self._keepLiveSessions else self.context.revalidate()
+        log.info(
+            "reloaded: {trusted} trusted certificates, {crls} CRLs; {cut} connections cut",
+            mtlsdEvent="reloaded",
+            trusted=len(settings.trusted),
+            crls=len(settings.crls),
+            cut=cut,
+        )
+        return True
