@@ -137,23 +137,29 @@ def makeCertificate(
 
 
 def makeCRL(
-    issuer: Signer, revoked: Iterable[x509.Certificate] = (), days: int = 30
+    issuer: Signer,
+    revoked: Iterable[x509.Certificate | int] = (),
+    days: float = 30,
+    lastUpdate: datetime.datetime | None = None,
 ) -> x509.CertificateRevocationList:
     """
-    Make a CRL signed by C{issuer} listing C{revoked}.
+    Make a CRL signed by C{issuer} listing C{revoked} (certificates or serial
+    numbers), valid C{days} from C{lastUpdate} (default: five minutes ago).
     """
     now = datetime.datetime.now(datetime.timezone.utc)
+    start = lastUpdate or now - datetime.timedelta(minutes=5)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer[0].subject)
-        .last_update(now - datetime.timedelta(minutes=5))
-        .next_update(now + datetime.timedelta(days=days))
+        .last_update(start)
+        .next_update(start + datetime.timedelta(days=days))
     )
-    for certificate in revoked:
+    for entry in revoked:
+        serial = entry if isinstance(entry, int) else entry.serial_number
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
-            .serial_number(certificate.serial_number)
-            .revocation_date(now - datetime.timedelta(minutes=5))
+            .serial_number(serial)
+            .revocation_date(min(now, start + datetime.timedelta(seconds=1)))
             .build()
         )
     return builder.sign(issuer[1], hashes.SHA256())

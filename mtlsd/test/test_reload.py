@@ -1,0 +1,459 @@
+"""
+Tests for the trust lifecycle: reload, revocation of live sessions, CRLs,
+allow-lists and the TLS version floor, with real files, a fake clock and
+real TLS in memory.
+"""
+
+import os
+import signal
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from OpenSSL.SSL import X509VerificationCodes as Codes
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.test.proto_helpers import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtlsd import ServerContext, ServerTLSSettings
+from mtlsd._pki import certificatePEM, keyPEM, makeCRL
+from mtlsd._policy import AllowPolicy
+from mtlsd._reasons import verifyErrorText
+from mtlsd._reload import TrustReloader
+from mtlsd.test.helpers import (
+    Connection,
+    Credentials,
+    TestCA,
+    clientContext,
+    hoursAgo,
+    selfSigned,
+)
+
+
+class _Case(SynchronousTestCase):
+    """
+    Trust files in a directory, a context loaded from them, and a reloader
+    polling them every 2 seconds of a fake clock.
+    """
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
+        self.dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.dir)
+        self.ca = TestCA()
+        self.server = self.ca.server()
+        self.alice, self.bob = selfSigned("alice"), selfSigned("bob")
+        self.clock = Clock()
+        self.write("server.pem", certificatePEM(self.server.certificate) + keyPEM(self.server.key))
+        self.crls: list[str] = []
+        self.options: dict[str, Any] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def write(self, name: str, data: bytes) -> None:
+        """
+        Rewrite a file in place.
+        """
+        with open(self.path(name), "wb") as f:
+            f.write(data)
+
+    def rename(self, name: str, data: bytes) -> None:
+        """
+        Replace a file atomically, as configuration tools do.
+        """
+        self.write(name + ".new", data)
+        os.replace(self.path(name + ".new"), self.path(name))
+
+    def trust(self, *credentials: Credentials | x509.Certificate) -> bytes:
+        return certificatePEM(
+            *(c if isinstance(c, x509.Certificate) else c.certificate for c in credentials)
+        )
+
+    def load(self) -> ServerTLSSettings:
+        return ServerTLSSettings.fromFiles(
+            self.path("server.pem"),
+            None,
+            [self.path("clients.pem")],
+            [self.path(name) for name in self.crls],
+            **self.options,
+        )
+
+    def start(self, keepLiveSessions: bool = False) -> ServerContext:
+        self.context = ServerContext(self.load())
+        paths = [self.path(n) for n in ("server.pem", "clients.pem", *self.crls)]
+        self.reloader = TrustReloader(
+            self.context, self.load, paths, self.clock, 2, keepLiveSessions
+        )
+        self.reloader.startService()
+        self.addCleanup(self.reloader.stopService)
+        return self.context
+
+    def connect(self, client: Credentials) -> Connection:
+        c = Connection(self.context, clientContext(client, [self.ca.certificate]), clock=self.clock)
+        c.flush()
+        return c
+
+    def mtlsdEvents(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("mtlsdEvent") == name]
+
+    def assertLive(self, c: Connection) -> None:
+        """
+        The connection is up and carries data.
+        """
+        self.assertTrue(c.app.made)
+        self.assertIsNone(c.client.lost)
+        before = c.app.received
+        c.clientTLS.write(b"ping")
+        c.flush()
+        self.assertEqual(c.app.received, before + b"ping")
+
+
+class ReloadTests(_Case):
+    def test_inPlaceAndRename(self) -> None:
+        """
+        A bundle rewritten in place, then replaced by a rename, takes effect
+        within one interval, without a restart.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        self.assertTrue(self.connect(self.alice).app.made)
+        self.assertFalse(self.connect(self.bob).app.made)
+
+        self.write("clients.pem", self.trust(self.bob))
+        self.clock.advance(1.9)
+        self.assertTrue(self.connect(self.alice).app.made)
+        self.clock.advance(0.1)
+        self.assertFalse(self.connect(self.alice).app.made)
+        self.assertTrue(self.connect(self.bob).app.made)
+
+        self.rename("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        self.assertTrue(self.connect(self.alice).app.made)
+        self.assertFalse(self.connect(self.bob).app.made)
+        self.assertEqual(self.reloader.reloads, 2)
+        self.assertEqual(len(self.mtlsdEvents("reloaded")), 2)
+
+    def test_unchangedFilesNoReload(self) -> None:
+        """
+        Files that did not change are not reloaded.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        self.clock.advance(10)
+        self.assertEqual(self.reloader.reloads, 0)
+
+    def test_failedReloadKeepsTrust(self) -> None:
+        """
+        A half-written bundle, or a server key that does not match the new
+        certificate, is refused with one error; the trust in force stays,
+        and the next good write is picked up.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        good = self.trust(self.bob)
+        self.write("clients.pem", good[: len(good) // 2])
+        self.clock.advance(2)
+        self.write("server.pem", certificatePEM(self.server.certificate) + keyPEM(self.bob.key))
+        self.clock.advance(2)
+        self.assertEqual(self.reloader.failures, 2)
+        failed = self.mtlsdEvents("reload-failed")
+        self.assertIn("clients.pem", failed[0]["error"])
+        self.assertIn("does not match the certificate", failed[1]["error"])
+        self.assertTrue(self.connect(self.alice).app.made)
+        self.assertFalse(self.connect(self.bob).app.made)
+
+        self.write("server.pem", certificatePEM(self.server.certificate) + keyPEM(self.server.key))
+        self.write("clients.pem", good)
+        self.clock.advance(2)
+        self.assertEqual(self.reloader.reloads, 1)
+        self.assertTrue(self.connect(self.bob).app.made)
+
+    def test_newServerCertificate(self) -> None:
+        """
+        A new server certificate is used for new handshakes.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        renewed = self.ca.server()
+        self.rename("server.pem", certificatePEM(renewed.certificate) + keyPEM(renewed.key))
+        self.clock.advance(2)
+        c = self.connect(self.alice)
+        self.assertEqual(
+            c.clientConnection.get_peer_certificate(as_cryptography=True), renewed.certificate
+        )
+
+    def test_sighup(self) -> None:
+        """
+        SIGHUP reloads at once, whatever the interval.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        self.write("clients.pem", self.trust(self.bob))
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.clock.advance(0)
+        self.assertEqual(self.reloader.reloads, 1)
+        self.assertTrue(self.connect(self.bob).app.made)
+
+
+class RevocationTests(_Case):
+    def test_removedClientCut(self) -> None:
+        """
+        A live connection whose certificate left the bundle is cut at the
+        reload, with an event naming it and the reason; a connection that
+        stays trusted goes on.
+        """
+        self.write("clients.pem", self.trust(self.alice, self.bob))
+        self.start()
+        alice, bob = self.connect(self.alice), self.connect(self.bob)
+        self.assertLive(alice)
+        self.assertLive(bob)
+        self.write("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        alice.flush()
+        bob.flush()
+        self.assertIsNotNone(bob.client.lost)
+        self.assertIsNotNone(bob.app.lost)
+        self.assertLive(alice)
+        [cut] = self.mtlsdEvents("cut")
+        self.assertEqual((cut["commonName"], cut["reason"]), ("bob", "no longer trusted"))
+
+    def test_keepLiveSessions(self) -> None:
+        """
+        With C{keepLiveSessions}, a reload only changes new handshakes.
+        """
+        self.write("clients.pem", self.trust(self.alice, self.bob))
+        self.start(keepLiveSessions=True)
+        bob = self.connect(self.bob)
+        self.write("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        self.assertLive(bob)
+        self.assertFalse(self.connect(self.bob).app.made)
+        self.assertEqual(self.mtlsdEvents("cut"), [])
+
+    def test_caRemoved(self) -> None:
+        """
+        Removing a CA cuts the live sessions of the clients it issued.
+        """
+        carol = self.ca.issue("carol")
+        self.write("clients.pem", self.trust(self.ca.certificate, self.alice))
+        self.start()
+        c = self.connect(carol)
+        self.assertLive(c)
+        self.write("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        c.flush()
+        self.assertIsNotNone(c.client.lost)
+        [cut] = self.mtlsdEvents("cut")
+        self.assertEqual(cut["reason"], "no longer trusted")
+
+    def test_policyChange(self) -> None:
+        """
+        Settings whose allow-list no longer admits a live client cut it.
+        """
+        self.write("clients.pem", self.trust(self.alice, self.bob))
+        context = self.start()
+        alice, bob = self.connect(self.alice), self.connect(self.bob)
+        context.update(attrs.evolve(self.load(), policy=AllowPolicy(commonNames=["alice"])))
+        self.assertEqual(context.revalidate(), 1)
+        bob.flush()
+        self.assertIsNotNone(bob.client.lost)
+        self.assertLive(alice)
+        [cut] = self.mtlsdEvents("cut")
+        self.assertEqual(cut["reason"], "not allowed by policy")
+
+
+class CRLTests(_Case):
+    def setUp(self) -> None:
+        super().setUp()
+        self.carol, self.dave = self.ca.issue("carol"), self.ca.issue("dave")
+        self.crls = ["ca.crl"]
+        self.writeCRL()
+
+    def writeCRL(
+        self, *revoked: Credentials, days: float = 30, der: bool = False, lastUpdate: Any = None
+    ) -> None:
+        crl = makeCRL(
+            (self.ca.certificate, self.ca.key), [c.certificate for c in revoked], days, lastUpdate
+        )
+        encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+        self.rename("ca.crl", crl.public_bytes(encoding))
+
+    def test_revokedAtHandshake(self) -> None:
+        """
+        A revoked client is rejected at the handshake with C{certificate
+        revoked}; others of the same CA get in.  DER CRLs work too.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.writeCRL(self.carol, der=True)
+        self.start()
+        self.assertFalse(self.connect(self.carol).app.made)
+        self.assertTrue(self.connect(self.dave).app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "certificate revoked")
+
+    def test_revocationCutsLiveSession(self) -> None:
+        """
+        A CRL that newly lists a connected client cuts it as C{revoked}.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.start()
+        carol, dave = self.connect(self.carol), self.connect(self.dave)
+        self.assertLive(carol)
+        self.writeCRL(self.carol)
+        self.clock.advance(2)
+        carol.flush()
+        self.assertIsNotNone(carol.client.lost)
+        self.assertLive(dave)
+        [cut] = self.mtlsdEvents("cut")
+        self.assertEqual((cut["commonName"], cut["reason"]), ("carol", "revoked"))
+
+    def test_caWithoutCRL(self) -> None:
+        """
+        Clients of a CA that has no CRL, and pinned self-signed clients, are
+        not checked by default; with C{crlRequired} the CA's clients are
+        rejected and a warning said so at load.
+        """
+        other = TestCA("Other CA")
+        erin = other.issue("erin")
+        self.write("clients.pem", self.trust(self.ca.certificate, other.certificate, self.alice))
+        self.start()
+        self.assertTrue(self.connect(erin).app.made)
+        self.assertTrue(self.connect(self.alice).app.made)
+        self.options = {"crlRequired": True}
+        self.assertTrue(any("--crl-required" in w for w in self.load().warnings()))
+        self.context.update(self.load())
+        self.assertFalse(self.connect(erin).app.made)
+        self.assertTrue(self.connect(self.dave).app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], verifyErrorText(Codes.ERR_UNABLE_TO_GET_CRL))
+
+    def test_expiredCRL(self) -> None:
+        """
+        A CRL past its nextUpdate rejects every client of its CA (OpenSSL
+        fails closed) and is warned about; one close to it is warned about
+        ahead.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.writeCRL(days=1, lastUpdate=hoursAgo(48))
+        self.start()
+        self.assertTrue(any("past its nextUpdate" in w for w in self.load().warnings()))
+        self.assertFalse(self.connect(self.dave).app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], verifyErrorText(Codes.ERR_CRL_HAS_EXPIRED))
+        self.writeCRL()
+        self.clock.advance(2)
+        self.assertTrue(self.connect(self.dave).app.made)
+        crl = makeCRL((self.ca.certificate, self.ca.key), days=0.5)
+        settings = ServerTLSSettings(
+            self.server.certificate, self.server.key, (), (self.ca.certificate,), (crl,)
+        )
+        self.assertTrue(any("reaches its nextUpdate" in w for w in settings.warnings()))
+
+    def test_pinnedLeafRevoked(self) -> None:
+        """
+        A CA-issued certificate pinned without its CA is still checked
+        against the CA's CRL.
+        """
+        self.write("clients.pem", self.trust(self.carol, self.dave))
+        self.writeCRL(self.carol)
+        self.start()
+        self.assertFalse(self.connect(self.carol).app.made)
+        self.assertTrue(self.connect(self.dave).app.made)
+
+    def test_checkChain(self) -> None:
+        """
+        With C{crlCheckChain}, a revoked intermediate CA rejects its
+        clients; without, only the leaf's issuer's CRL counts.
+        """
+        from mtlsd._pki import makeCertificate, newKey
+
+        key = newKey()
+        intermediate = Credentials(
+            makeCertificate("Intermediate", key, (self.ca.certificate, self.ca.key), isCA=True),
+            key,
+        )
+        leafKey = newKey()
+        leaf = makeCertificate("frank", leafKey, (intermediate.certificate, key), usages=())
+        frank = Credentials(leaf, leafKey, [intermediate.certificate])
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.writeCRL(intermediate)
+        self.start()
+        self.assertTrue(self.connect(frank).app.made)
+        self.options = {"crlCheckChain": True}
+        self.context.update(self.load())
+        self.assertFalse(self.connect(frank).app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "certificate revoked")
+
+
+class PolicyTests(_Case):
+    def test_rejectedWithIdentity(self) -> None:
+        """
+        A verified client outside the allow-list is rejected as C{not
+        allowed by policy}, with the identity it presented.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.options = {"policy": AllowPolicy(uris=["spiffe://example.org/ns/prod/*"])}
+        self.start()
+        web = self.ca.issue("web", uris=("spiffe://example.org/ns/prod/web",))
+        job = self.ca.issue("job", uris=("spiffe://example.org/ns/dev/job",))
+        self.assertTrue(self.connect(web).app.made)
+        self.assertFalse(self.connect(job).app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "not allowed by policy")
+        self.assertEqual(rejected["uris"], ("spiffe://example.org/ns/dev/job",))
+        self.assertEqual(rejected["commonName"], "job")
+
+    def test_caWithoutAllowListWarns(self) -> None:
+        """
+        A trusted CA without an allow-list is warned about; self-signed
+        client certificates, or an allow-list, are not.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate, self.alice))
+        [warning] = self.load().warnings()
+        self.assertIn("every certificate issued by CA CN=Test CA is admitted", warning)
+        self.options = {"policy": AllowPolicy(commonNames=["x"])}
+        self.assertEqual(self.load().warnings(), [])
+
+
+class TLSVersionTests(_Case):
+    def test_minimumVersion(self) -> None:
+        """
+        With C{minimumTLSVersion="1.3"} a client limited to TLS 1.2 is
+        refused; by default it is accepted.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        for minimum, admitted in [("1.2", True), ("1.3", False)]:
+            self.options = {"minimumTLSVersion": minimum}
+            client = clientContext(self.alice, [self.ca.certificate])
+            client._context.set_max_proto_version(SSL.TLS1_2_VERSION)
+            c = Connection(ServerContext(self.load()), client)
+            c.flush()
+            self.assertEqual(c.app.made, admitted, minimum)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "TLS error: unsupported protocol")
+
+
+class SharedCertificateTests(_Case):
+    def test_warns(self) -> None:
+        """
+        A client presenting the server's own certificate gets in (the recipe
+        allows it) with a warning.
+        """
+        # The recipe's certificate: self-signed, no extended key usage.
+        recipe = selfSigned("localhost", usages=(), names=("localhost",))
+        self.write("server.pem", certificatePEM(recipe.certificate) + keyPEM(recipe.key))
+        self.write("clients.pem", self.trust(recipe))
+        self.start()
+        self.ca.certificate = recipe.certificate  # what the client trusts
+        shared = recipe
+        self.assertTrue(self.connect(shared).app.made)
+        [warning] = self.mtlsdEvents("shared-certificate")
+        self.assertIn("server's own certificate", warning["log_format"])
