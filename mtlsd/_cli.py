@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pki = commands.add_parser("pki", help="make a development PKI and certificates")
-    pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue")
+    pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue|revoke")
     init = pkiCommands.add_parser(
         "init",
         help="create a development PKI",
@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument(
         "--uri", action="append", default=[], help="URI, e.g. a SPIFFE ID (repeatable)"
     )
+
+    revoke = pkiCommands.add_parser(
+        "revoke",
+        help="revoke a certificate of the PKI",
+        description="Add NAME.crt to the PKI's crl.pem; a daemon on this PKI picks it up"
+        " at its next reload and cuts NAME's live connections.",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
 
     inspect = commands.add_parser(
         "inspect",
@@ -101,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         help="development PKI for defaults",
     )
     connect.add_argument(
+        "--tls-min-version",
+        choices=["1.2", "1.3"],
+        default="1.2",
+        help="oldest TLS version to accept",
+    )
+    connect.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -117,6 +132,10 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(f"{verb} development PKI in {pki.directory.absolute()}\n")
         return 0
     pki = DevelopmentPKI(args.pki)
+    if args.pkiCommand == "revoke":
+        crl = pki.revoke(args.name)
+        out.write(f"revoked {args.name}; {pki.path('crl.pem')} lists {len(crl)} certificates\n")
+        return 0
     if not args.self_signed and not pki.exists():
         raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")
     pki.issue(
@@ -164,7 +183,7 @@ def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
         if not pki.exists():
             raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
         ca = pki.path("ca.crt")
-    return ClientTLSSettings.fromFiles(cert, key, ca)
+    return ClientTLSSettings.fromFiles(cert, key, ca, args.tls_min_version)
 
 
 def _connect(args: argparse.Namespace, err: IO[str]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import idna
-from attrs import frozen
+from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
@@ -38,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import classImplements, implementer
 
-from ._context import VerifyFailure, VerifyRecorder
+from ._context import TLS_VERSIONS, VerifyFailure, VerifyRecorder, _tlsVersion
 from ._errors import ConfigurationError
 from ._files import Path, loadCertificates, loadPrivateKey
 from ._reasons import opensslReasons, peerAlert
@@ -64,18 +64,24 @@ class ClientTLSSettings:
     @ivar certificate: the client's certificate, or L{None} to present none.
     @ivar privateKey: its key.
     @ivar chain: intermediates sent after the certificate.
-    @ivar trusted: CA certificates (or self-signed server certificates) the
-        server's certificate must verify against.
+    @ivar trusted: CA certificates the server's certificate must chain to, or
+        server certificates trusted as they are (pinned).
+    @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
     """
 
     certificate: x509.Certificate | None
     privateKey: PrivateKeyTypes | None
     chain: tuple[x509.Certificate, ...]
     trusted: tuple[x509.Certificate, ...]
+    minimumTLSVersion: str = field(default="1.2", validator=_tlsVersion)
 
     @classmethod
     def fromFiles(
-        cls, certificatePath: Path | None, keyPath: Path | None, caPath: Path
+        cls,
+        certificatePath: Path | None,
+        keyPath: Path | None,
+        caPath: Path,
+        minimumTLSVersion: str = "1.2",
     ) -> ClientTLSSettings:
         """
         Load a client certificate (optionally followed by its chain and key),
@@ -87,10 +93,10 @@ class ClientTLSSettings:
         if certificatePath is None:
             if keyPath is not None:
                 raise ConfigurationError("--key was given without --cert.")
-            return cls(None, None, (), trusted)
+            return cls(None, None, (), trusted, minimumTLSVersion)
         certificate, *chain = loadCertificates(certificatePath, "client certificate")
         privateKey = loadPrivateKey(certificatePath if keyPath is None else keyPath, "client key")
-        return cls(certificate, privateKey, tuple(chain), trusted)
+        return cls(certificate, privateKey, tuple(chain), trusted, minimumTLSVersion)
 
     def connectionCreator(self, hostname: str) -> ClientContext:
         """
@@ -160,6 +166,8 @@ class ClientContext:
                 "privateKey": settings.privateKey,
                 "extraCertChain": list(settings.chain),
             }
+        if settings.minimumTLSVersion != "1.2":
+            credentials["raiseMinimumTo"] = TLS_VERSIONS[settings.minimumTLSVersion]
         self._context = CertificateOptions(
             trustRoot=trustRootFromCertificates(
                 [Certificate(crypto.X509.from_cryptography(c)) for c in settings.trusted]

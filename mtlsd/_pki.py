@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import ConfigurationError
-from ._files import loadCertificates, loadPrivateKey
+from ._files import loadCertificates, loadCRLs, loadPrivateKey
 
 DEFAULT_PKI_DIR = "mtlsd-pki"
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -320,6 +320,30 @@ class DevelopmentPKI:
                 uris=uris,
                 days=days,
             )
+
+    def revoke(self, name: str) -> x509.CertificateRevocationList:
+        """
+        Add C{NAME.crt} to this PKI's CRL and write C{crl.pem} anew (valid
+        30 days); a daemon using the PKI picks it up at its next reload.
+
+        @raise ConfigurationError: if there is no such certificate or this
+            PKI's CA did not issue it.
+        """
+        certificate = loadCertificates(self.path(f"{name}.crt"), "certificate")[0]
+        ca = self._ca()
+        if certificate.issuer != ca[0].subject:
+            raise ConfigurationError(
+                f"{self.path(name + '.crt')} was not issued by this PKI's CA; a self-signed"
+                " certificate is revoked by removing it from the trust bundle."
+            )
+        revoked: set[int] = {certificate.serial_number}
+        if self.path("crl.pem").exists():
+            for crl in loadCRLs(self.path("crl.pem")):
+                revoked.update(entry.serial_number for entry in crl)
+        crl = makeCRL(ca, sorted(revoked))
+        with _fileErrors(self.directory):
+            _writeFile(self.path("crl.pem"), crl.public_bytes(serialization.Encoding.PEM))
+        return crl
 
     def _writePair(
         self,

@@ -13,7 +13,7 @@ from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._cli import main, parseHostPort
-from mtlsd._files import loadCertificates
+from mtlsd._files import loadCertificates, loadCRLs
 from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM
 from mtlsd.test.helpers import hoursAgo, selfSigned
@@ -230,3 +230,39 @@ class PKISafetyTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertIn("cannot write the PKI in /proc/mtlsd-cannot-write-here", err)
         self.assertEqual(err.count("\n"), 1)
+
+
+class RevokeTests(SynchronousTestCase):
+    def test_revoke(self) -> None:
+        """
+        C{pki revoke NAME} adds NAME to crl.pem, keeping earlier entries,
+        signed by the CA; a self-signed or unknown name is refused.
+        """
+        pki = os.path.abspath(self.mktemp())
+        for argv in (
+            ["init", pki],
+            ["issue", "--pki", pki, "alice"],
+            ["issue", "--pki", pki, "bob"],
+        ):
+            self.assertEqual(runCommand(self, "pki", *argv)[0], 0)
+        self.assertEqual(runCommand(self, "pki", "revoke", "--pki", pki, "alice")[0], 0)
+        code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, "bob")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("lists 2 certificates", out)
+        [crl] = loadCRLs(os.path.join(pki, "crl.pem"))
+        [ca] = loadCertificates(os.path.join(pki, "ca.crt"), "x")
+        self.assertTrue(crl.is_signature_valid(ca.public_key()))  # type: ignore[arg-type]
+        serials = {
+            loadCertificates(os.path.join(pki, f"{n}.crt"), "x")[0].serial_number
+            for n in ("alice", "bob")
+        }
+        self.assertEqual({entry.serial_number for entry in crl}, serials)
+
+        runCommand(self, "pki", "issue", "--pki", pki, "--self-signed", "carol")
+        for name, fragment in [
+            ("carol", "not issued by this PKI's CA"),
+            ("nobody", "does not exist"),
+        ]:
+            code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, name)
+            self.assertEqual(code, 1)
+            self.assertIn(fragment, err)

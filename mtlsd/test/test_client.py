@@ -211,3 +211,24 @@ class PinnedServerTests(SynchronousTestCase):
         )
         c.flush()
         self.assertTrue(c.app.made)
+
+
+class MinimumVersionTests(SynchronousTestCase):
+    def test_clientFloor(self) -> None:
+        """
+        A client with C{minimumTLSVersion="1.3"} refuses a TLS 1.2 server.
+        """
+        import attrs
+        from OpenSSL import SSL
+
+        ca = TestCA()
+        client = selfSigned("alice")
+        for minimum, connects in [("1.2", True), ("1.3", False)]:
+            server = serverContext(ca.server(), [client.certificate])
+            server._options.getContext().set_max_proto_version(SSL.TLS1_2_VERSION)
+            settings = attrs.evolve(
+                clientContext(client, [ca.certificate]).settings, minimumTLSVersion=minimum
+            )
+            c = Connection(server, settings.connectionCreator("localhost"))
+            c.flush()
+            self.assertEqual(c.app.made, connects, minimum)

@@ -37,6 +37,27 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((options["handshake-timeout"], options["verify-depth"]), (10.0, 4))
         self.assertEqual(options["client-certs"], [])
 
+    def test_trustOptions(self) -> None:
+        """
+        CRL, reload, allow-list and TLS options; the C{--allow-*} ones make
+        the policy.
+        """
+        options = parse(
+            "--cert", "s.pem", "--client-certs", "c.pem", "--crl", "a.crl", "--crl", "b.crl",
+            "--crl-check-chain", "--crl-required", "--reload-interval", "0", "--keep-live-sessions",
+            "--tls-min-version", "1.3", "--allow-cn", "web-*", "--allow-uri", "spiffe://x/**",
+            "--allow-dns", "a.example", "--allow-ip", "10.0.0.0/8", "--allow-ou", "ops",
+            "--allow-fingerprint", "ab" * 32, "--allow-spki", "CD" * 32,
+        )  # fmt: skip
+        self.assertEqual(options["crl"], ["a.crl", "b.crl"])
+        self.assertEqual((options["crl-check-chain"], options["crl-required"]), (True, True))
+        self.assertEqual((options["reload-interval"], options["keep-live-sessions"]), (0, True))
+        self.assertEqual(options["tls-min-version"], "1.3")
+        policy = options.policy()
+        self.assertEqual(len(policy.commonNames), 1)
+        self.assertEqual(policy.spkiFingerprints, frozenset({"cd" * 32}))
+        self.assertEqual(parse()["reload-interval"], 2.0)
+
     def test_repeatable(self) -> None:
         """
         C{--client-certs} and C{--listen} can be given several times.
@@ -61,6 +82,9 @@ class OptionsTests(SynchronousTestCase):
             (["--listen", "tcp:1", "--interface", "::1"], "--interface goes with --port"),
             (["--verify-depth", "0"], "--verify-depth"),
             (["--handshake-timeout", "0"], "--handshake-timeout wants a number"),
+            (["--crl", "c.pem"], "need --cert"),
+            (["--tls-min-version", "1.1"], "--tls-min-version must be 1.2 or 1.3"),
+            (["--reload-interval", "-1"], "--reload-interval wants a number"),
             (["--port", "eighty"], "--port wants a number from 0 to 65535, not 'eighty'"),
             (["--port", "70000"], "--port wants a number from 0 to 65535, not '70000'"),
         ]:
@@ -155,6 +179,18 @@ class MakeServiceTests(SynchronousTestCase):
             f"mtlsd: cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on"
             f" 127.0.0.1:{port}: [Errno 98] Address already in use.",
         )
+
+    def test_badAllowEntry(self) -> None:
+        """
+        A malformed allow-list entry stops start-up with one line.
+        """
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            parse("--pki", os.path.join(self.dir, "pki"), "--allow-fingerprint", "xyz"),
+            MemoryReactorClock(),
+        )
+        self.assertIn("--allow-fingerprint 'xyz' is not a SHA-256 fingerprint", str(error.code))
 
     def test_badApp(self) -> None:
         """
