@@ -27,7 +27,6 @@ OPENSSL = shutil.which("openssl")
 DEADLINE = 15.0
 POLL = 0.05
 
-# The readiness probe connects and closes at once; the daemon logs it so.
 
 _REJECTED = re.compile(r"\[mtlsd#info\] rejected (\S+): (.*)$", re.MULTILINE)
 _ACCEPTED = re.compile(

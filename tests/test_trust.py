@@ -1,0 +1,212 @@
+"""
+Black-box tests of the trust lifecycle against a real C{twistd mtlsd}:
+reload and revocation from the command line, live sessions cut, SIGHUP,
+allow-lists and the TLS version floor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests._process import DEADLINE, OPENSSL, mtlsd, receiveExactly, run, tlsClient, waitUntilClosed
+from tests.test_daemon import DaemonTestMixin
+
+
+def cutWithin(sock: ssl.SSLSocket, deadline: float = DEADLINE) -> None:
+    """
+    Wait until the daemon closes C{sock}, however it does.
+    """
+    try:
+        waitUntilClosed(sock, deadline)
+    except ssl.SSLError:
+        pass
+
+
+class RevokeTests(DaemonTestMixin, SynchronousTestCase):
+    def test_revokeFromCommandLine(self) -> None:
+        """
+        On the development PKI, C{mtlsd pki revoke alice} cuts alice's live
+        connection within one reload interval (logged C{revoked}), refuses
+        her next handshake (C{certificate revoked}), and leaves the other
+        client's connection alone.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory, "--reload-interval", "0.2")
+        pki = os.path.join(directory, "mtlsd-pki")
+        self.assertEqual(mtlsd("pki", "issue", "alice", cwd=directory).returncode, 0)
+        ca = os.path.join(pki, "ca.crt")
+
+        def connect(name: str) -> ssl.SSLSocket:
+            sock = tlsClient(
+                daemon.port,
+                os.path.join(pki, f"{name}.crt"),
+                os.path.join(pki, f"{name}.key"),
+                ca,
+                "localhost",
+            )
+            sock.sendall(b"hello")
+            self.assertEqual(receiveExactly(sock, 5), b"hello")
+            return sock
+
+        alice, client = connect("alice"), connect("client")
+        self.addCleanup(alice.close)
+        self.addCleanup(client.close)
+        result = mtlsd("pki", "revoke", "alice", cwd=directory)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        daemon.waitForLog(r"cut 127\.0\.0\.1:\d+: CN=alice sha256=[0-9a-f]{64}: revoked")
+        cutWithin(alice)
+        client.sendall(b"still")
+        self.assertEqual(receiveExactly(client, 5), b"still")
+
+        result = mtlsd(
+            "connect", f"localhost:{daemon.port}", "--cert", "mtlsd-pki/alice.crt",
+            "--key", "mtlsd-pki/alice.key", cwd=directory, input=b"x",
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(b"rejected this client's certificate", result.stderr)
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: certificate revoked")
+
+
+class BundleReloadTests(DaemonTestMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = self.workDirectory()
+        for argv in (
+            ["init"],
+            ["issue", "--self-signed", "alice"],
+            ["issue", "--self-signed", "bob"],
+        ):
+            self.assertEqual(mtlsd("pki", *argv, cwd=self.directory).returncode, 0)
+        self.pki = os.path.join(self.directory, "mtlsd-pki")
+
+    def bundle(self, *names: str) -> bytes:
+        data = b""
+        for name in names:
+            with open(os.path.join(self.pki, f"{name}.crt"), "rb") as f:
+                data += f.read()
+        return data
+
+    def writeBundle(self, data: bytes, rename: bool) -> None:
+        path = os.path.join(self.directory, "clients.pem")
+        target = path + ".new" if rename else path
+        with open(target, "wb") as f:
+            f.write(data)
+        if rename:
+            os.replace(target, path)
+
+    def start(self, *args: str):
+        return self.startDaemon(
+            self.directory, "--cert", "mtlsd-pki/server.crt", "--key", "mtlsd-pki/server.key",
+            "--client-certs", "clients.pem", *args,
+        )  # fmt: skip
+
+    def connect(self, port: int, name: str) -> ssl.SSLSocket:
+        sock = tlsClient(
+            port,
+            os.path.join(self.pki, f"{name}.crt"),
+            os.path.join(self.pki, f"{name}.key"),
+            os.path.join(self.pki, "ca.crt"),
+            "localhost",
+        )
+        self.addCleanup(sock.close)
+        sock.sendall(b"hi")
+        self.assertEqual(receiveExactly(sock, 2), b"hi")
+        return sock
+
+    def test_renameAndInPlace(self) -> None:
+        """
+        The recipe's "remove its certificate from the file", without a
+        restart: bob, removed by an atomic rename, is cut (C{no longer
+        trusted}) while alice stays; bob added back by an in-place rewrite
+        gets in again.
+        """
+        self.writeBundle(self.bundle("alice", "bob"), rename=False)
+        daemon = self.start("--reload-interval", "0.2")
+        alice, bob = self.connect(daemon.port, "alice"), self.connect(daemon.port, "bob")
+        self.writeBundle(self.bundle("alice"), rename=True)
+        daemon.waitForLog(r"cut 127\.0\.0\.1:\d+: CN=bob sha256=[0-9a-f]{64}: no longer trusted")
+        cutWithin(bob)
+        alice.sendall(b"ok")
+        self.assertEqual(receiveExactly(alice, 2), b"ok")
+        self.assertRaises(ssl.SSLError, self.connect, daemon.port, "bob")
+
+        self.writeBundle(self.bundle("alice", "bob"), rename=False)
+        daemon.waitForLog("reloaded: 2 trusted certificates", count=1)
+        self.connect(daemon.port, "bob")
+
+    def test_sighup(self) -> None:
+        """
+        With polling off (C{--reload-interval 0}), SIGHUP reloads.
+        """
+        self.writeBundle(self.bundle("alice"), rename=False)
+        daemon = self.start("--reload-interval", "0")
+        self.writeBundle(self.bundle("alice", "bob"), rename=False)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog("reloaded: 2 trusted certificates")
+        self.connect(daemon.port, "bob")
+
+    def test_brokenWriteKeepsTrust(self) -> None:
+        """
+        A broken bundle is refused with one logged error; alice still gets in.
+        """
+        self.writeBundle(self.bundle("alice"), rename=False)
+        daemon = self.start("--reload-interval", "0.2")
+        self.writeBundle(self.bundle("alice")[:100], rename=False)
+        daemon.waitForLog(r"reload failed, keeping the trust in force: .*clients\.pem")
+        self.connect(daemon.port, "alice")
+
+    def test_allowList(self) -> None:
+        """
+        With C{--allow-cn alice}, bob's certificate verifies but he is
+        refused as C{not allowed by policy}.
+        """
+        self.writeBundle(self.bundle("alice", "bob"), rename=False)
+        daemon = self.start("--allow-cn", "alice")
+        self.connect(daemon.port, "alice")
+        self.assertRaises(
+            (ssl.SSLError, AssertionError, ConnectionError), self.connect, daemon.port, "bob"
+        )
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: not allowed by policy")
+
+
+class TLSVersionTests(DaemonTestMixin, SynchronousTestCase):
+    def sClient(self, port: int, directory: str, *flags: str) -> int:
+        assert OPENSSL is not None
+        return run(
+            [
+                OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-cert", "mtlsd-pki/client.crt",
+                "-key", "mtlsd-pki/client.key", "-CAfile", "mtlsd-pki/ca.crt", *flags,
+            ],
+            directory,
+            b"Q\n",
+        ).returncode  # fmt: skip
+
+    def test_oldVersionsRefused(self) -> None:
+        """
+        TLS 1.1 (and older) is refused, 1.2 and 1.3 accepted; with
+        C{--tls-min-version 1.3}, 1.2 is refused too.
+        """
+        if OPENSSL is None:
+            raise SkipTest("the openssl command is not installed")
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        # SECLEVEL=0 lets the openssl client itself offer TLS 1.1.
+        self.assertNotEqual(
+            self.sClient(daemon.port, directory, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"), 0
+        )
+        self.assertEqual(self.sClient(daemon.port, directory, "-tls1_2"), 0)
+        self.assertEqual(self.sClient(daemon.port, directory, "-tls1_3"), 0)
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: TLS error: unsupported protocol")
+
+        strict = self.startDaemon(
+            self.workDirectory(),
+            "--pki",
+            os.path.join(directory, "mtlsd-pki"),
+            "--tls-min-version",
+            "1.3",
+        )
+        self.assertNotEqual(self.sClient(strict.port, directory, "-tls1_2"), 0)
+        self.assertEqual(self.sClient(strict.port, directory, "-tls1_3"), 0)
