@@ -78,11 +78,13 @@ class TrustReloader(Service):
         self._seen = _fingerprint(self._paths)
         self._poll: LoopingCall | None = None
         self._previousHandler: Any = None
+        self._warned: set[str] = set()
         self.reloads = 0
         self.failures = 0
 
     def startService(self) -> None:
         super().startService()
+        self._warn()
         if self._interval > 0:
             self._poll = LoopingCall(self.check)
             self._poll.clock = self._clock
@@ -116,10 +118,20 @@ class TrustReloader(Service):
         """
         now = _fingerprint(self._paths)
         if now == self._seen:
+            self._warn()  # a CRL or certificate may have come near its end
             return False
         self._seen = now
         self.reload()
         return True
+
+    def _warn(self) -> None:
+        """
+        Log each warning about the settings in force once.
+        """
+        for warning in self.context.settings.warnings():
+            if warning not in self._warned:
+                self._warned.add(warning)
+                log.warn("WARNING: {problem}", mtlsdEvent="warning", problem=warning)
 
     def reload(self) -> bool:
         """
@@ -143,8 +155,8 @@ class TrustReloader(Service):
             )
             return False
         self.reloads += 1
-        for warning in settings.warnings():
-            log.warn("WARNING: {problem}", problem=warning)
+        self._warned.clear()
+        self._warn()
         cut = 0 if self._keepLiveSessions else self.context.revalidate()
         log.info(
             "reloaded: {trusted} trusted certificates, {crls} CRLs; {cut} connections cut",

@@ -419,8 +419,6 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         endpoints = _endpoints(reactor, options)
     except ConfigurationError as e:
         raise SystemExit(f"mtlsd: {e}") from None
-    for warning in settings.warnings():
-        log.warn("WARNING: {problem}", problem=warning)
     context = ServerContext(settings)
     service = MultiService()
     TrustReloader(

@@ -4,6 +4,7 @@ allow-lists and the TLS version floor, with real files, a fake clock and
 real TLS in memory.
 """
 
+import datetime
 import os
 import signal
 from typing import Any
@@ -18,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from mtlsd import ServerContext, ServerTLSSettings
+from mtlsd import ServerContext, ServerTLSSettings, _context
 from mtlsd._pki import certificatePEM, keyPEM, makeCRL
 from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
@@ -391,6 +392,31 @@ class CRLTests(_Case):
         self.assertFalse(self.connect(frank).app.made)
         [rejected] = self.mtlsdEvents("rejected")
         self.assertEqual(rejected["reason"], "certificate revoked")
+
+
+class WarningTests(_Case):
+    def test_warnedOnceAndAhead(self) -> None:
+        """
+        Warnings are logged at start and when they first apply while
+        running (a CRL nearing its nextUpdate), each once.
+        """
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.crls = ["ca.crl"]
+        crl = makeCRL((self.ca.certificate, self.ca.key), days=2)
+        self.write("ca.crl", crl.public_bytes(serialization.Encoding.PEM))
+        self.options = {"policy": AllowPolicy(commonNames=["x"])}
+        self.start()
+        self.assertEqual(self.mtlsdEvents("warning"), [])
+        self.clock.advance(2)
+        self.patch(
+            _context,
+            "CRL_WARNING_AHEAD",
+            _context.CRL_WARNING_AHEAD + datetime.timedelta(days=2),
+        )
+        self.clock.advance(2)
+        self.clock.advance(2)
+        [warning] = self.mtlsdEvents("warning")
+        self.assertIn("reaches its nextUpdate", warning["problem"])
 
 
 class PolicyTests(_Case):
