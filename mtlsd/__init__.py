@@ -8,24 +8,30 @@ certificates get through to the application.
 from ._client import (
     ClientContext,
     ClientTLSSettings,
+    MtlsClientEndpoint,
     ServerNotTrusted,
     ServerRejectedClient,
 )
 from ._context import ServerContext, ServerTLSSettings
 from ._errors import ConfigurationError
 from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
+from ._policy import AllowPolicy
+from ._reload import TrustReloader
 from ._server import MtlsServerEndpoint, mtlsServerFactory
 
 __all__ = [
+    "AllowPolicy",
     "ClientContext",
     "ClientTLSSettings",
     "ConfigurationError",
+    "MtlsClientEndpoint",
     "MtlsServerEndpoint",
     "PeerIdentity",
     "ServerContext",
     "ServerNotTrusted",
     "ServerRejectedClient",
     "ServerTLSSettings",
+    "TrustReloader",
     "identityFromCertificate",
     "mtlsServerFactory",
     "peerIdentity",

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import mtlsd
-from mtlsd import _client, _context, _errors, _identity, _server
+from mtlsd import _client, _context, _errors, _identity, _policy, _reload, _server
 from mtlsd.test.helpers import TestCA, clientContext, serverContext
 
 
@@ -24,7 +24,7 @@ class ExportTests(SynchronousTestCase):
         """
         Every name in C{mtlsd.__all__} is the object of its private module.
         """
-        modules = [_client, _context, _errors, _identity, _server]
+        modules = [_client, _context, _errors, _identity, _policy, _reload, _server]
         for name in mtlsd.__all__:
             homes = [m for m in modules if getattr(m, name, None) is getattr(mtlsd, name)]
             self.assertTrue(homes, name)
