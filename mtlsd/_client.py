@@ -20,9 +20,10 @@ from service_identity.cryptography import (
 )
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocol,
@@ -42,6 +43,7 @@ from ._context import TLS_VERSIONS, VerifyFailure, VerifyRecorder, _tlsVersion
 from ._errors import ConfigurationError
 from ._files import Path, loadCertificates, loadPrivateKey
 from ._reasons import opensslReasons, peerAlert
+from ._tls import TLSFactory
 
 
 class ServerRejectedClient(Exception):
@@ -225,13 +227,23 @@ class _ClientGate(ProtocolWrapper):
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
+    def readConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.readConnectionLost()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.writeConnectionLost()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         connection = self.transport.getHandle()  # type: ignore[union-attr]
         error = describeClientFailure(reason, self.factory.context, connection)
         ProtocolWrapper.connectionLost(self, reason if error is None else Failure(error))
 
 
-classImplements(_ClientGate, IHandshakeListener)
+classImplements(_ClientGate, IHandshakeListener, IHalfCloseableProtocol)
 
 
 class _ClientGateFactory(WrappingFactory):
@@ -262,8 +274,12 @@ class MtlsClientEndpoint:
         Connect, and fire with the application protocol.
         """
         gates = _ClientGateFactory(self._context, protocolFactory)
-        connecting = wrapClientTLS(self._context, self._endpoint).connect(gates)
-        return connecting.addCallback(lambda gate: cast(_ClientGate, gate).wrappedProtocol)
+        connecting = self._endpoint.connect(TLSFactory(self._context, True, gates))
+        return connecting.addCallback(
+            lambda tls: (
+                cast(_ClientGate, cast(ProtocolWrapper, tls).wrappedProtocol).wrappedProtocol
+            )
+        )
 
 
 def _nameError(error: Exception, hostname: str) -> ServerNotTrusted:

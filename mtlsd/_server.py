@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IListeningPort,
     IProtocol,
@@ -26,7 +27,6 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import (
-    BufferingTLSTransport,
     TLSMemoryBIOFactory,
     TLSMemoryBIOProtocol,
 )
@@ -36,6 +36,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from ._context import ServerContext
 from ._identity import PeerIdentity, identityFromCertificate
 from ._reasons import HANDSHAKE_TIMEOUT, NOT_ALLOWED, handshakeFailureReason
+from ._tls import TLSFactory
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
@@ -59,26 +60,7 @@ def formatAddress(address: IAddress) -> str:
     return repr(address)
 
 
-class _TLSTransport(BufferingTLSTransport):
-    """
-    Twisted's TLS transport, which aggregates small writes until the next
-    reactor turn, with one fix: when the peer's close_notify arrives in the
-    same read as data the application answered at once, Twisted shuts TLS
-    down before that answer leaves the buffer, and drops it.  The buffer is
-    flushed before the shutdown instead, so the answer precedes our
-    close_notify.
-    """
-
-    def _shutdownTLS(self) -> None:
-        self._aggregator.flush()
-        super()._shutdownTLS()
-
-
-class _TLSFactory(TLSMemoryBIOFactory):
-    protocol = _TLSTransport
-
-
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class _GateProtocol(ProtocolWrapper):
     """
     Sits between the TLS layer and the application protocol.  The
@@ -208,6 +190,20 @@ class _GateProtocol(ProtocolWrapper):
         )
         self._tls.abortConnection()
 
+    def readConnectionLost(self) -> None:
+        """
+        The client sent close_notify: tell a half-closeable application, which
+        may go on writing; close any other.
+        """
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.readConnectionLost()
+        else:
+            self._tls.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.writeConnectionLost()
+
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
         if self.wrappedProtocol is not None:
@@ -313,7 +309,7 @@ def mtlsServerFactory(
         clock = reactor
     assert clock is not None
     gate = _GateFactory(context, appFactory, handshakeTimeout, clock)
-    return _TLSFactory(context, False, gate, clock=clock)
+    return TLSFactory(context, False, gate, clock=clock)
 
 
 @implementer(IStreamServerEndpoint)

@@ -21,6 +21,7 @@ from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
 from mtlsd._context import ServerContext, ServerTLSSettings
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._server import mtlsServerFactory
+from mtlsd._tls import TLSFactory
 
 CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 40001)
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8082)
@@ -123,6 +124,7 @@ class Connection:
         handshakeTimeout: float = 10.0,
         clock: Clock | None = None,
         gated: bool = False,
+        clientProtocol: Any = None,
     ) -> None:
         """
         @param gated: put mtlsd's client gate (as L{MtlsClientEndpoint} does)
@@ -132,7 +134,7 @@ class Connection:
         self.clock = clock or Clock()
         self.app: Any = app if app is not None else Recorder()
         self.clientContext = client
-        self.client = Recorder()
+        self.client: Any = clientProtocol if clientProtocol is not None else Recorder()
         serverFactory = mtlsServerFactory(
             server,
             Factory.forProtocol(lambda: self.app),
@@ -140,9 +142,11 @@ class Connection:
             clock=self.clock,
         )
         clientApp: Any = Factory.forProtocol(lambda: self.client)
-        if gated:
-            clientApp = _ClientGateFactory(client, clientApp)
         clientFactory = TLSMemoryBIOFactory(client, True, clientApp, clock=self.clock)
+        if gated:  # as MtlsClientEndpoint connects
+            clientFactory = TLSFactory(
+                client, True, _ClientGateFactory(client, clientApp), clock=self.clock
+            )
         self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(
             lambda: serverFactory.buildProtocol(CLIENT_ADDRESS),
             lambda: clientFactory.buildProtocol(SERVER_ADDRESS),

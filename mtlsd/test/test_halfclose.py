@@ -1,0 +1,121 @@
+"""
+Tests for L{mtlsd._tls}: the peer's close_notify is a half-close for
+half-closeable applications, on the server and on the client.
+"""
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from mtlsd.test.helpers import (
+    Connection,
+    Recorder,
+    TestCA,
+    clientContext,
+    selfSigned,
+    serverContext,
+)
+
+
+@implementer(IHalfCloseableProtocol)
+class WordCount(Protocol):
+    """
+    Like C{wc -c}: answers only after the end of its input, then closes.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.count += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(b"%d\n" % self.count)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseRecorder(Recorder):
+    readClosed = False
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.ca = TestCA()
+        self.alice = selfSigned("alice")
+
+    def connect(self, app: Protocol) -> Connection:
+        c = Connection(
+            serverContext(self.ca.server(), [self.alice.certificate]),
+            clientContext(self.alice, [self.ca.certificate]),
+            app=app,
+            gated=True,
+        )
+        c.flush()
+        return c
+
+    def test_serverAnswersAfterClientCloses(self) -> None:
+        """
+        The client's close_notify reaches a half-closeable application as
+        the end of its input; its answer still reaches the client, then
+        both sides close cleanly.
+        """
+        c = self.connect(WordCount())
+        c.clientTLS.write(b"x" * 70000)
+        c.clientTLS.loseConnection()
+        c.flush()
+        self.assertEqual(c.client.received, b"70000\n")
+        self.assertIsNotNone(c.client.lost)
+        from twisted.internet.error import ConnectionDone
+
+        c.client.lost.trap(ConnectionDone)
+
+    def test_clientReadsAfterServerCloses(self) -> None:
+        """
+        On the client side, the server's close_notify is a half-close for a
+        half-closeable protocol: it may still send, and the server (a
+        half-closeable app) gets it.
+        """
+        server = HalfCloseRecorder()
+        c = Connection(
+            serverContext(self.ca.server(), [self.alice.certificate]),
+            clientContext(self.alice, [self.ca.certificate]),
+            app=server,
+            gated=True,
+            clientProtocol=HalfCloseRecorder(),
+        )
+        c.flush()
+        server.transport.loseConnection()  # type: ignore[union-attr]
+        c.flush()
+        self.assertTrue(c.client.readClosed)
+        self.assertIsNone(c.client.lost)
+        c.clientTLS.write(b"late words")
+        c.flush()
+        self.assertEqual(server.received, b"late words")
+        c.clientTLS.loseConnection()
+        c.flush()
+        self.assertIsNotNone(c.client.lost)
+        self.assertIsNotNone(server.lost)
+
+    def test_notHalfCloseable(self) -> None:
+        """
+        An application that is not half-closeable is closed at the peer's
+        close_notify, as before.
+        """
+        c = self.connect(Recorder())
+        c.clientTLS.write(b"bye")
+        c.clientTLS.loseConnection()
+        c.flush()
+        self.assertEqual(c.app.received, b"bye")
+        self.assertIsNotNone(c.app.lost)
+        self.assertIsNotNone(c.client.lost)
