@@ -5,6 +5,7 @@ The twistd plugin: C{twistd -n mtlsd [options]}.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -13,7 +14,9 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
+from twisted.internet.endpoints import (  # _parse: Twisted's own reading of descriptions
+    _parse,
+    clientFromString,
     quoteStringArgument,
     serverFromString,
 )
@@ -34,6 +37,9 @@ from ._context import DEFAULT_VERIFY_DEPTH, TLS_VERSIONS, ServerContext, ServerT
 from ._errors import ConfigurationError
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._policy import AllowPolicy
+from ._proxyheader import VERSIONS as PROXY_VERSIONS
+from ._proxyheader import headerMaker
+from ._relay import RelayFactory
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, MtlsServerEndpoint
 
@@ -105,8 +111,23 @@ class Options(usage.Options):
         [
             "app",
             None,
-            "echo",
-            "'echo', or the dotted name of a callable returning an IProtocolFactory.",
+            None,
+            "'echo' (the default without --forward), or the dotted name of a callable"
+            " returning an IProtocolFactory.",
+        ],
+        [
+            "forward",
+            None,
+            None,
+            "Relay each authenticated connection to this plaintext backend, a client endpoint"
+            " (tcp:127.0.0.1:8080, unix:/run/app.sock).",
+        ],
+        [
+            "proxy-protocol",
+            None,
+            None,
+            "With --forward, start with a PROXY protocol header: v1, v2 (with the TLS"
+            " identity) or v2-full (and the client certificate).",
         ],
         [
             "handshake-timeout",
@@ -239,6 +260,16 @@ class Options(usage.Options):
         )
 
     def postOptions(self) -> None:
+        if self["app"] and self["forward"]:
+            raise usage.UsageError("--app and --forward cannot be used together.")
+        if self["proxy-protocol"] and not self["forward"]:
+            raise usage.UsageError("--proxy-protocol goes with --forward.")
+        if self["proxy-protocol"] not in (None, *PROXY_VERSIONS):
+            raise usage.UsageError(
+                f"--proxy-protocol must be v1, v2 or v2-full, not {self['proxy-protocol']!r}."
+            )
+        if self["forward"] and not self["unsafe-backend"]:
+            _checkBackend(self["forward"])
         if self["tls-min-version"] not in TLS_VERSIONS:
             raise usage.UsageError(
                 f"--tls-min-version must be 1.2 or 1.3, not {self['tls-min-version']!r}."
@@ -304,7 +335,40 @@ def _connectCommand(options: Options, where: str) -> str:
     return command
 
 
-def _appFactory(name: str) -> IProtocolFactory:
+def _checkBackend(description: str) -> None:
+    """
+    Refuse a backend that plaintext would reach across a network: only
+    loopback addresses and UNIX sockets are allowed without
+    C{--unsafe-backend}.
+    """
+    try:
+        args, kwargs = _parse(description)
+    except Exception as e:
+        raise usage.UsageError(f"--forward {description}: {e}") from None
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return
+    host = kwargs.get("host", args[1] if len(args) > 1 else "")
+    try:
+        local = kind in ("tcp", "tcp6") and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = kind in ("tcp", "tcp6") and host == "localhost"
+    if not local:
+        raise usage.UsageError(
+            f"--forward {description}: the backend is not on loopback or a UNIX socket, so"
+            " plaintext would leave this host; give --unsafe-backend if that is intended."
+        )
+
+
+def _appFactory(options: Options, reactor: Any) -> IProtocolFactory:
+    if options["forward"]:
+        try:
+            backend = clientFromString(reactor, options["forward"])
+        except Exception as e:
+            raise ConfigurationError(f"--forward {options['forward']}: {e}") from None
+        version = options["proxy-protocol"]
+        return RelayFactory(backend, headerMaker(version) if version else None)
+    name = options["app"] or "echo"
     if name == "echo":
         echo = Factory.forProtocol(Echo)
         echo.noisy = False
@@ -415,7 +479,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
 
         policy = options.policy()
         settings = load()
-        appFactory = _appFactory(options["app"])
+        appFactory = _appFactory(options, reactor)
         endpoints = _endpoints(reactor, options)
     except ConfigurationError as e:
         raise SystemExit(f"mtlsd: {e}") from None

@@ -32,7 +32,7 @@ class OptionsTests(SynchronousTestCase):
         """
         options = parse()
         self.assertEqual(
-            (options["port"], options["app"], options["pki"]), (None, "echo", "mtlsd-pki")
+            (options["port"], options["app"], options["pki"]), (None, None, "mtlsd-pki")
         )
         self.assertEqual((options["handshake-timeout"], options["verify-depth"]), (10.0, 4))
         self.assertEqual(options["client-certs"], [])
@@ -57,6 +57,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(policy.commonNames), 1)
         self.assertEqual(policy.spkiFingerprints, frozenset({"cd" * 32}))
         self.assertEqual(parse()["reload-interval"], 2.0)
+
+    def test_backends(self) -> None:
+        """
+        Loopback and UNIX backends are allowed; others with
+        C{--unsafe-backend}.
+        """
+        for backend in (
+            "tcp:127.0.0.1:8080",
+            "tcp:host=localhost:port=80",
+            r"tcp:\:\:1:80",
+            "unix:/run/app.sock",
+        ):
+            self.assertEqual(parse("--forward", backend)["forward"], backend)
+        parse("--forward", "tcp:10.0.0.5:80", "--unsafe-backend")
 
     def test_repeatable(self) -> None:
         """
@@ -83,6 +97,11 @@ class OptionsTests(SynchronousTestCase):
             (["--verify-depth", "0"], "--verify-depth"),
             (["--handshake-timeout", "0"], "--handshake-timeout wants a number"),
             (["--crl", "c.pem"], "need --cert"),
+            (["--app", "x.y", "--forward", "tcp:127.0.0.1:80"], "--app and --forward"),
+            (["--proxy-protocol", "v2"], "--proxy-protocol goes with --forward"),
+            (["--forward", "unix:/s", "--proxy-protocol", "v3"], "must be v1, v2 or v2-full"),
+            (["--forward", "tcp:10.0.0.5:80"], "not on loopback or a UNIX socket"),
+            (["--forward", "tcp:host=backend.example:port=80"], "give --unsafe-backend"),
             (["--tls-min-version", "1.1"], "--tls-min-version must be 1.2 or 1.3"),
             (["--reload-interval", "-1"], "--reload-interval wants a number"),
             (["--port", "eighty"], "--port wants a number from 0 to 65535, not 'eighty'"),

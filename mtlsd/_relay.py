@@ -1,0 +1,163 @@
+# -*- test-case-name: mtlsd.test.test_relay -*-
+"""
+Relaying a connection to another one: the daemon's C{--forward} (mutual TLS
+in, plaintext to a backend) and C{mtlsd tunnel} (plaintext in, mutual TLS
+out).  Both directions are relayed with Twisted's producers and consumers,
+so a slow side pauses the other instead of filling memory, and a half-close
+on one side becomes a half-close on the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IProtocol,
+    ISSLTransport,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._server import formatAddress
+
+log = Logger(namespace="mtlsd")
+
+Preamble = Callable[[ITransport], bytes]
+"""
+Bytes to send to the outbound side before anything else (a PROXY protocol
+header), made from the inbound transport.
+"""
+
+
+def _halfClose(transport: ITransport) -> None:
+    """
+    Close the writing direction of C{transport}, keep reading.
+    """
+    transport.unregisterProducer()  # type: ignore[attr-defined]
+    if ISSLTransport.providedBy(transport):
+        # mtlsd's TLS transport: loseConnection sends close_notify and goes
+        # on reading until the peer's.
+        transport.loseConnection()
+    elif hasattr(transport, "loseWriteConnection"):
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _Side(Protocol):
+    """
+    One side of a relay; C{other} is the side it relays to.
+    """
+
+    other: _Side | None = None
+    readClosed = False
+    closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.other is not None and self.other.transport is not None
+        self.other.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+        if self.other is not None and not self.other.closed:
+            assert self.other.transport is not None
+            _halfClose(self.other.transport)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        other = self.other
+        if other is not None and not other.closed and other.transport is not None:
+            other.transport.unregisterProducer()  # type: ignore[attr-defined]
+            other.transport.loseConnection()
+
+
+class _Inbound(_Side):
+    """
+    The accepted connection: it waits, paused, for the outbound connection.
+    """
+
+    def __init__(self, relay: RelayFactory) -> None:
+        self.relay = relay
+        self._early: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.other is None:
+            # Decrypted with the handshake, before we could pause.
+            self._early.append(data)
+        else:
+            super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+        if self.other is not None:
+            super().readConnectionLost()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        outbound = _Side()
+        outbound.other = self
+        connecting = self.relay.connectOutbound(Factory.forProtocol(lambda: outbound))
+        connecting.addCallbacks(self._connected, self._unavailable)
+
+    def _connected(self, outbound: IProtocol) -> None:
+        assert isinstance(outbound, _Side) and outbound.transport is not None
+        assert self.transport is not None
+        if self.closed:
+            outbound.transport.loseConnection()
+            return
+        self.other = outbound
+        outbound.transport.writeSequence([self.relay.preamble(self.transport), *self._early])
+        self._early = []
+        self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
+        if self.readClosed:
+            _halfClose(outbound.transport)
+            return
+        outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _unavailable(self, failure: Failure) -> None:
+        assert self.transport is not None
+        log.info(
+            "backend unavailable: {error} (client {client})",
+            mtlsdEvent="backend-unavailable",
+            error=failure.getErrorMessage(),
+            client=formatAddress(self.transport.getPeer()),
+        )
+        self.transport.loseConnection()
+
+
+class RelayFactory(Factory):
+    """
+    Builds the inbound side of a relay for each accepted connection.
+    """
+
+    noisy = False
+
+    def __init__(self, outbound: IStreamClientEndpoint, preamble: Preamble | None = None) -> None:
+        """
+        @param outbound: where each connection is relayed to.
+        @param preamble: makes the bytes sent first to C{outbound}.
+        """
+        self._outbound = outbound
+        self._preamble = preamble
+
+    def connectOutbound(self, factory: Factory) -> Deferred[IProtocol]:
+        return self._outbound.connect(factory)
+
+    def preamble(self, transport: ITransport) -> bytes:
+        return b"" if self._preamble is None else self._preamble(transport)
+
+    def buildProtocol(self, addr: IAddress | None) -> _Inbound:
+        return _Inbound(self)
