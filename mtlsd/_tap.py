@@ -176,6 +176,11 @@ class Options(usage.Options):
             None,
             "After a reload, keep established connections whose peer is no longer admitted.",
         ],
+        [
+            "unsafe-backend",
+            None,
+            "Allow a --forward backend that is not on loopback or a UNIX socket.",
+        ],
     ]
 
     def __init__(self) -> None:
