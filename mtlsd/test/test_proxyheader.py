@@ -5,6 +5,7 @@ package), which also reads the TLS TLVs.
 """
 
 from ipaddress import ip_address
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from proxyprotocol.v1 import ProxyProtocolV1
@@ -16,6 +17,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._proxyheader import headerMaker, v1Header, v2Header
 from mtlsd.test.helpers import Connection, TestCA, clientContext, serverContext
+
+
+def _v1(header: bytes) -> Any:
+    return ProxyProtocolV1().unpack(header)
+
+
+def _v2(header: bytes) -> Any:
+    return ProxyProtocolV2().unpack(header)
+
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 40000)
 SERVER = IPv4Address("TCP", "127.0.0.1", 8443)
@@ -32,7 +42,7 @@ class V1Tests(SynchronousTestCase):
         self.assertEqual(header, b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 8443\r\n")
         info = V1Parser.parse(header.rstrip(b"\r\n"))
         self.assertEqual(info.source, CLIENT)
-        result = ProxyProtocolV1().unpack(header)
+        result = _v1(header)
         self.assertEqual((str(result.source[0]), result.source[1]), ("203.0.113.7", 40000))
 
     def test_ipv6AndMapped(self) -> None:
@@ -61,7 +71,7 @@ class V2Tests(SynchronousTestCase):
         """
         header = v2Header(CLIENT, SERVER, "TLSv1.3", "TLS_AES_256_GCM_SHA384", "alice", b"DER")
         self.assertEqual(V2Parser.parse(header).source, CLIENT)
-        result = ProxyProtocolV2().unpack(header)
+        result = _v2(header)
         self.assertEqual((str(result.source[0]), result.source[1]), ("203.0.113.7", 40000))
         ssl = result.tlv.ssl
         self.assertTrue(ssl.has_ssl and ssl.has_cert_conn and ssl.verified)
@@ -77,7 +87,7 @@ class V2Tests(SynchronousTestCase):
         header = v2Header(CLIENT6, SERVER6)
         source = V2Parser.parse(header).source
         self.assertEqual((ip_address(source.host), source.port), (ip_address("2001:db8::7"), 40000))
-        self.assertEqual(str(ProxyProtocolV2().unpack(header).source[0]), "2001:db8::7")
+        self.assertEqual(str(_v2(header).source[0]), "2001:db8::7")
 
     def test_unspecified(self) -> None:
         """
@@ -86,7 +96,7 @@ class V2Tests(SynchronousTestCase):
         header = v2Header(UNIXAddress(None), SERVER, commonName="alice")
         self.assertEqual(header[13], 0x00)  # AF_UNSPEC
         self.assertEqual(header[16], 0x20)  # the PP2_TYPE_SSL TLV follows at once
-        self.assertEqual(ProxyProtocolV2().unpack(header).source, None)
+        self.assertEqual(_v2(header).source, None)
 
 
 class HeaderMakerTests(SynchronousTestCase):
@@ -105,9 +115,9 @@ class HeaderMakerTests(SynchronousTestCase):
         gate = c.app.transport
         v1 = headerMaker("v1")(gate)
         self.assertEqual(v1, b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 8082\r\n")
-        ssl = ProxyProtocolV2().unpack(headerMaker("v2")(gate)).tlv.ssl
+        ssl = _v2(headerMaker("v2")(gate)).tlv.ssl
         self.assertEqual((ssl.cn, ssl.version), ("alice", "TLSv1.3"))
         self.assertIsNone(ssl.get(0x28))
-        full = ProxyProtocolV2().unpack(headerMaker("v2-full")(gate)).tlv.ssl
+        full = _v2(headerMaker("v2-full")(gate)).tlv.ssl
         self.assertEqual(full.get(0x28), client.certificate.public_bytes(Encoding.DER))
         self.assertRaises(ValueError, headerMaker, "v3")
