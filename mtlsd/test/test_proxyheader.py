@@ -85,7 +85,7 @@ class V2Tests(SynchronousTestCase):
         IPv6 addresses, read back by both parsers.
         """
         header = v2Header(CLIENT6, SERVER6)
-        source = V2Parser.parse(header).source
+        source: Any = V2Parser.parse(header).source
         self.assertEqual((ip_address(source.host), source.port), (ip_address("2001:db8::7"), 40000))
         self.assertEqual(str(_v2(header).source[0]), "2001:db8::7")
 
