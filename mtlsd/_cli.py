@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
@@ -31,6 +32,26 @@ def parseHostPort(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
     return host, int(port)
+
+
+def _clientArguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The TLS options of the client commands.
+    """
+    parser.add_argument("--cert", help="client certificate PEM (optionally with chain and key)")
+    parser.add_argument("--key", help="client private key PEM (default: inside --cert)")
+    parser.add_argument(
+        "--ca", help="CA certificates, or the server's own certificate, to verify the server"
+    )
+    parser.add_argument(
+        "--servername", help="name to verify on the server certificate (default: HOST)"
+    )
+    parser.add_argument(
+        "--pki", default=DEFAULT_PKI_DIR, metavar="DIR", help="development PKI for defaults"
+    )
+    parser.add_argument(
+        "--tls-min-version", choices=["1.2", "1.3"], default="1.2", help="oldest TLS version"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,33 +115,28 @@ def _parser() -> argparse.ArgumentParser:
         " Without --cert/--key/--ca the development PKI's files are used.",
     )
     connect.add_argument("address", type=parseHostPort, metavar="HOST:PORT")
-    connect.add_argument("--cert", help="client certificate PEM (optionally with chain and key)")
-    connect.add_argument("--key", help="client private key PEM (default: inside --cert)")
-    connect.add_argument(
-        "--ca",
-        help="CA certificates (or the server's own certificate) to verify the server",
-    )
-    connect.add_argument(
-        "--servername", help="name to verify on the server certificate (default: HOST)"
-    )
-    connect.add_argument(
-        "--pki",
-        default=DEFAULT_PKI_DIR,
-        metavar="DIR",
-        help="development PKI for defaults",
-    )
-    connect.add_argument(
-        "--tls-min-version",
-        choices=["1.2", "1.3"],
-        default="1.2",
-        help="oldest TLS version to accept",
-    )
+    _clientArguments(connect)
     connect.add_argument(
         "-v",
         "--verbose",
         action="store_true",
         help="print the server's identity to standard error",
     )
+
+    tunnel = commands.add_parser(
+        "tunnel",
+        help="carry local plaintext connections over mutual TLS",
+        description="Accept plaintext connections on --listen and carry each to HOST:PORT"
+        " over mutual TLS. Without --cert/--key/--ca the development PKI's files are used.",
+    )
+    tunnel.add_argument(
+        "--listen",
+        required=True,
+        metavar="ENDPOINT",
+        help="where to accept plaintext, e.g. tcp:15432:interface=127.0.0.1",
+    )
+    tunnel.add_argument("--to", required=True, type=parseHostPort, metavar="HOST:PORT")
+    _clientArguments(tunnel)
     return parser
 
 
@@ -215,6 +231,37 @@ def _connect(args: argparse.Namespace, err: IO[str]) -> int:
     return status
 
 
+def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from ._relay import RelayFactory
+
+    host, port = args.to
+    outbound = _clientSettings(args).endpoint(reactor, host, port, args.servername)
+    try:
+        endpoint = serverFromString(reactor, args.listen)
+    except Exception as e:
+        raise ConfigurationError(f"--listen {args.listen}: {e}") from None
+    failed: list[str] = []
+
+    def listening(listeningPort: object) -> None:
+        err.write(f"mtlsd tunnel: {args.listen} -> {host}:{port} over mutual TLS\n")
+        err.flush()
+
+    def cannotListen(failure: Failure) -> None:
+        failed.append(failure.getErrorMessage())
+        reactor.stop()
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
+    endpoint.listen(RelayFactory(outbound)).addCallbacks(listening, cannotListen)
+    reactor.run()
+    if failed:
+        raise ConfigurationError(f"cannot listen on {args.listen}: {failed[0]}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Run the C{mtlsd} command.
@@ -225,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             status = _pki(args, sys.stdout)
         elif args.command == "inspect":
             status = _inspect(args, sys.stdout, sys.stderr)
+        elif args.command == "tunnel":
+            status = _tunnel(args, sys.stderr)
         else:
             status = _connect(args, sys.stderr)
     except ConfigurationError as e:

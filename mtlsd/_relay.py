@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -60,6 +61,7 @@ class _Side(Protocol):
     other: _Side | None = None
     readClosed = False
     closed = False
+    outbound = True
 
     def dataReceived(self, data: bytes) -> None:
         assert self.other is not None and self.other.transport is not None
@@ -76,6 +78,12 @@ class _Side(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        if self.outbound and not reason.check(ConnectionDone):
+            log.info(
+                "outbound connection lost: {error}",
+                mtlsdEvent="outbound-lost",
+                error=reason.getErrorMessage(),
+            )
         other = self.other
         if other is not None and not other.closed and other.transport is not None:
             other.transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -86,6 +94,8 @@ class _Inbound(_Side):
     """
     The accepted connection: it waits, paused, for the outbound connection.
     """
+
+    outbound = False
 
     def __init__(self, relay: RelayFactory) -> None:
         self.relay = relay

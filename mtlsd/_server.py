@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from cryptography import x509
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -324,22 +325,28 @@ class MtlsServerEndpoint:
         endpoint: IStreamServerEndpoint,
         handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         clock: IReactorTime | None = None,
+        reloader: IService | None = None,
     ) -> None:
         """
         @param context: the server's TLS context.
         @param endpoint: the plain endpoint to listen on.
         @param handshakeTimeout: seconds a client has to complete the handshake.
         @param clock: the time source (default: the global reactor).
+        @param reloader: a service keeping C{context} up to date with its files
+            (a L{TrustReloader}), started with the first C{listen}.
         """
         self._context = context
         self._endpoint = endpoint
         self._handshakeTimeout = handshakeTimeout
         self._clock = clock
+        self._reloader = reloader
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
         Listen, starting C{protocolFactory}'s protocols for verified clients.
         """
+        if self._reloader is not None and not self._reloader.running:
+            self._reloader.startService()
         return self._endpoint.listen(
             mtlsServerFactory(self._context, protocolFactory, self._handshakeTimeout, self._clock)
         )

@@ -1,8 +1,11 @@
 """
-Registers mtlsd with twistd (C{twistd mtlsd}); no logic lives here.
+Registers mtlsd with twistd (C{twistd mtlsd}) and the C{mtls:} endpoint
+strings; no logic lives here.
 """
 
 from twisted.application.service import ServiceMaker
+
+from mtlsd._parser import MtlsClientParser, MtlsServerParser
 
 mtlsd = ServiceMaker(
     "mtlsd",
@@ -10,3 +13,5 @@ mtlsd = ServiceMaker(
     "Mutual-TLS daemon: only clients with a trusted certificate get in.",
     "mtlsd",
 )
+mtlsServer = MtlsServerParser()
+mtlsClient = MtlsClientParser()

@@ -1,0 +1,196 @@
+"""
+Tests for the C{mtls:} endpoint strings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
+from twisted.internet.interfaces import (
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpointStringParser,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from mtlsd import MtlsClientEndpoint, MtlsServerEndpoint, peerIdentity
+from mtlsd._pki import certificatePEM, keyPEM
+from mtlsd.test.helpers import TestCA, selfSigned
+
+
+def writeFiles(case: SynchronousTestCase) -> dict[str, str]:
+    """
+    Server, client and CA files in a new directory, quoted for descriptions.
+    """
+    directory = os.path.abspath(case.mktemp())
+    os.mkdir(directory)
+    ca = TestCA()
+    server, alice, bob = ca.server(), selfSigned("alice"), selfSigned("bob")
+    files = {
+        "server.pem": certificatePEM(server.certificate) + keyPEM(server.key),
+        "alice.pem": certificatePEM(alice.certificate) + keyPEM(alice.key),
+        "clients.pem": certificatePEM(alice.certificate),
+        "bob.pem": certificatePEM(bob.certificate) + keyPEM(bob.key),
+        "bob.crt": certificatePEM(bob.certificate),
+        "ca.pem": certificatePEM(ca.certificate),
+    }
+    paths = {}
+    for name, data in files.items():
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        paths[name] = quoteStringArgument(path)
+    return paths
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        """
+        Twisted finds the C{mtls} server and client parsers.
+        """
+        servers = [p for p in getPlugins(IStreamServerEndpointStringParser) if p.prefix == "mtls"]
+        clients = [
+            p
+            for p in getPlugins(IStreamClientEndpointStringParserWithReactor)
+            if p.prefix == "mtls"
+        ]
+        self.assertEqual((len(servers), len(clients)), (1, 1))
+        self.assertTrue(verifyObject(IStreamServerEndpointStringParser, servers[0]))
+        self.assertTrue(verifyObject(IStreamClientEndpointStringParserWithReactor, clients[0]))
+
+
+class ServerStringTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.files = writeFiles(self)
+
+    def parse(self, description: str) -> Any:
+        return serverFromString(MemoryReactorClock(), description)
+
+    def test_port(self) -> None:
+        """
+        C{mtls:PORT:...} listens with mutual TLS on TCP.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = serverFromString(
+            reactor,
+            f"mtls:8443:interface=127.0.0.1:certKey={self.files['server.pem']}"
+            f":clientCerts={self.files['clients.pem']},{self.files['bob.crt']}:allowCN=alice",
+        )
+        self.assertIsInstance(endpoint, MtlsServerEndpoint)
+        endpoint.listen(Factory())
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (8443, "127.0.0.1"))
+        context = endpoint._context  # type: ignore[attr-defined]
+        self.assertEqual(len(context.settings.trusted), 2)
+        self.assertEqual(len(context.settings.policy.commonNames), 1)
+
+    def test_endpoint(self) -> None:
+        """
+        C{endpoint=} puts the TLS on any plain endpoint, e.g. a PROXY protocol
+        one, so the header is read before the TLS.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = serverFromString(
+            reactor,
+            r"mtls:endpoint=haproxy\:tcp\:9443:"
+            f"certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}",
+        )
+        endpoint.listen(Factory())
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual(port, 9443)
+        self.assertEqual(type(factory).__name__, "HAProxyWrappingFactory")
+
+    def test_errors(self) -> None:
+        """
+        Unknown options, missing ones and bad files are named.
+        """
+        base = f"certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+        for description, fragment in [
+            (f"mtls:1:{base}:colour=blue", "unknown option 'colour'"),
+            (f"mtls:1:certKey={self.files['server.pem']}", "clientCerts= is required"),
+            ("mtls:1:certKey=/nope.pem:clientCerts=/nope.pem", "/nope.pem does not exist"),
+            (f"mtls:{base}", "needs a port"),
+            (f"mtls:1:{base}:endpoint=tcp\\:2", "endpoint= replaces the port"),
+            (f"mtls:1:{base}:crlRequired=maybe", "crlRequired='maybe' must be yes or no"),
+            (f"mtls:1:{base}:allowFingerprint=xyz", "is not a SHA-256 fingerprint"),
+        ]:
+            error = self.assertRaises(ValueError, self.parse, description)
+            self.assertIn(fragment, str(error), description)
+
+
+class ClientStringTests(SynchronousTestCase):
+    def test_client(self) -> None:
+        """
+        C{mtls:host=...:port=...} makes mtlsd's client endpoint; unknown
+        options are named.
+        """
+        files = writeFiles(self)
+        endpoint = clientFromString(
+            MemoryReactorClock(),
+            f"mtls:host=localhost:port=8443:certKey={files['alice.pem']}:caCerts={files['ca.pem']}",
+        )
+        self.assertIsInstance(endpoint, MtlsClientEndpoint)
+        error = self.assertRaises(
+            ValueError,
+            clientFromString,
+            MemoryReactorClock(),
+            "mtls:host=a:port=1:caCerts=x:cert=y",
+        )
+        self.assertIn("unknown option 'cert'", str(error))
+
+
+class Whoami(Protocol):
+    def connectionMade(self) -> None:
+        identity = peerIdentity(self.transport)
+        self.transport.write(f"{identity.commonName}\n".encode())  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class Reader(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.data)
+
+
+class LoopbackTests(TestCase):
+    @inlineCallbacks
+    def test_serverAndClientStrings(self) -> Any:
+        """
+        A server from an C{mtls:} string and a client from another talk
+        mutual TLS; the server's protocol reads the client's identity; a
+        client the allow-list does not name is turned away.
+        """
+        files = writeFiles(self)
+        server = serverFromString(
+            reactor,
+            f"mtls:0:interface=127.0.0.1:certKey={files['server.pem']}"
+            f":clientCerts={files['clients.pem']},{files['bob.crt']}:allowCN=alice:reloadInterval=0",
+        )
+        port = yield server.listen(Factory.forProtocol(Whoami))
+        self.addCleanup(port.stopListening)
+        self.addCleanup(server._reloader.stopService)  # type: ignore[attr-defined]
+        number = port.getHost().port
+        results = []
+        for who in ("alice", "bob"):
+            client = clientFromString(
+                reactor,
+                f"mtls:host=127.0.0.1:port={number}:servername=localhost"
+                f":certKey={files[who + '.pem']}:caCerts={files['ca.pem']}",
+            )
+            reader = Reader()
+            yield client.connect(Factory.forProtocol(lambda reader=reader: reader))
+            results.append((yield reader.done))
+        self.assertEqual(results, [b"alice\n", b""])
