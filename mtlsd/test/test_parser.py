@@ -87,7 +87,7 @@ class ServerStringTests(SynchronousTestCase):
         endpoint.listen(Factory())
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (8443, "127.0.0.1"))
-        context = endpoint._context  # type: ignore[attr-defined]
+        context = endpoint._context
         self.assertEqual(len(context.settings.trusted), 2)
         self.assertEqual(len(context.settings.policy.commonNames), 1)
 
@@ -181,7 +181,7 @@ class LoopbackTests(TestCase):
         )
         port = yield server.listen(Factory.forProtocol(Whoami))
         self.addCleanup(port.stopListening)
-        self.addCleanup(server._reloader.stopService)  # type: ignore[attr-defined]
+        self.addCleanup(server._reloader.stopService)
         number = port.getHost().port
         results = []
         for who in ("alice", "bob"):
@@ -190,7 +190,6 @@ class LoopbackTests(TestCase):
                 f"mtls:host=127.0.0.1:port={number}:servername=localhost"
                 f":certKey={files[who + '.pem']}:caCerts={files['ca.pem']}",
             )
-            reader = Reader()
-            yield client.connect(Factory.forProtocol(lambda reader=reader: reader))
-            results.append((yield reader.done))
+            protocol = yield client.connect(Factory.forProtocol(Reader))
+            results.append((yield protocol.done))
         self.assertEqual(results, [b"alice\n", b""])
