@@ -16,7 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509Store, X509StoreContext, X509StoreContextError, X509StoreFlags
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocolNegotiationFactory,
+)
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -260,6 +263,23 @@ class LiveSession(Protocol):
         """
 
 
+def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """
+    Choose the application protocol (ALPN) among those the client offers.
+
+    Twisted 26's own callback answers an empty protocol when nothing
+    overlaps, which OpenSSL turns into an "internal error" alert: every
+    client offering ALPN (curl, browsers) failed against an application
+    that negotiates nothing.  Declining is the right answer.
+    """
+    factory = connection.get_app_data().factory.wrappedFactory
+    negotiating = IProtocolNegotiationFactory(factory, None)
+    for protocol in negotiating.acceptableProtocols() if negotiating is not None else ():
+        if protocol in offered:
+            return bytes(protocol)
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 def _storeFlags(settings: ServerTLSSettings) -> int:
     flags = X509StoreFlags.PARTIAL_CHAIN
     if settings.checksRevocation:
@@ -333,6 +353,7 @@ class ServerContext:
             return self._recorder.record(connection, certificate, errno, depth, ok)
 
         context.set_verify(context.get_verify_mode(), verify)
+        context.set_alpn_select_callback(_selectALPN)
         self.settings, self._options = settings, options
 
     def recheck(

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IProtocolNegotiationFactory,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -260,10 +261,13 @@ class _GateProtocol(ProtocolWrapper):
         )
 
 
+@implementer(IProtocolNegotiationFactory)
 class _GateFactory(WrappingFactory):
     """
     Builds a L{_GateProtocol} for each connection; the application factory
-    builds its protocol only when the gate lets the client in.
+    builds its protocol only when the gate lets the client in.  The
+    application's ALPN protocols (twisted.web's C{http/1.1}, say) are
+    offered in the handshake.
     """
 
     protocol = _GateProtocol
@@ -284,6 +288,13 @@ class _GateFactory(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
         assert addr is not None
         return _GateProtocol(self, addr)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The application's ALPN protocols, if it negotiates any.
+        """
+        negotiating = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(negotiating.acceptableProtocols()) if negotiating is not None else []
 
 
 def mtlsServerFactory(

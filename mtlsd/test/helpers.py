@@ -9,13 +9,13 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
 from mtlsd._context import ServerContext, ServerTLSSettings
@@ -125,8 +125,11 @@ class Connection:
         clock: Clock | None = None,
         gated: bool = False,
         clientProtocol: Any = None,
+        appFactory: Any = None,
     ) -> None:
         """
+        @param appFactory: ALPN protocols the application factory
+            negotiates, and the client offers.
         @param gated: put mtlsd's client gate (as L{MtlsClientEndpoint} does)
             between the client's TLS layer and its protocol, so the protocol
             sees mtlsd's errors.
@@ -135,9 +138,13 @@ class Connection:
         self.app: Any = app if app is not None else Recorder()
         self.clientContext = client
         self.client: Any = clientProtocol if clientProtocol is not None else Recorder()
+        app = Factory.forProtocol(lambda: self.app)
+        if appFactory is not None:
+            app.acceptableProtocols = lambda: appFactory
+            directlyProvides(app, IProtocolNegotiationFactory)
         serverFactory = mtlsServerFactory(
             server,
-            Factory.forProtocol(lambda: self.app),
+            app,
             handshakeTimeout=handshakeTimeout,
             clock=self.clock,
         )

@@ -119,6 +119,31 @@ class AcceptTests(_LoggingTestCase):
         names = [n.CN for n in c.clientConnection.get_client_ca_list()]
         self.assertEqual(names, ["Test CA", "alice"])
 
+    def test_alpn(self) -> None:
+        """
+        A client offering ALPN (as curl and browsers do) is served: the
+        application's protocol is chosen when it negotiates one, and none
+        when it does not (Twisted alone fails such handshakes with an
+        internal error).
+        """
+        client = selfSigned("alice")
+        for acceptable, chosen in [([b"http/1.1"], b"http/1.1"), (None, None)]:
+            offering = clientContext(client, [self.ca.certificate])
+            connect = offering.clientConnectionForTLS
+
+            def offer(tlsProtocol: Any, connect: Any = connect) -> Any:
+                connection = connect(tlsProtocol)
+                connection.set_alpn_protos([b"h2", b"http/1.1"])
+                return connection
+
+            offering.clientConnectionForTLS = offer  # type: ignore[method-assign]
+            c = Connection(
+                serverContext(self.server, [client.certificate]), offering, appFactory=acceptable
+            )
+            c.flush()
+            self.assertTrue(c.app.made, acceptable)
+            self.assertEqual(c.clientConnection.get_alpn_proto_negotiated() or None, chosen)
+
     def test_severalSelfSignedToldApart(self) -> None:
         """
         Several self-signed certificates in one bundle are each accepted, and
