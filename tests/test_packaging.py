@@ -1,6 +1,5 @@
 """
-Packaging: what a wheel of mtlsd ships, and the embedding example running as
-a user would run it.
+Packaging: what a wheel of mtlsd ships, and what an install lets twistd find.
 """
 
 import os
@@ -79,18 +78,3 @@ class InstallTests(SynchronousTestCase):
         result = run(os.path.join(BIN, "twistd"), "--help", cwd=elsewhere)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("mtlsd", result.stdout)
-
-
-class ExampleTests(SynchronousTestCase):
-    def test_greeter(self) -> None:
-        """
-        C{docs/examples/greeter.py}, run next to a development PKI, serves
-        its protocol with mutual TLS and greets its client by name.
-        """
-        example = os.path.join(ROOT, "docs", "examples", "greeter.py")
-        where = os.path.abspath(self.mktemp())
-        os.mkdir(where)
-        init = run(os.path.join(BIN, "mtlsd"), "pki", "init", cwd=where)
-        self.assertEqual(init.returncode, 0, init.stderr)
-        result = run(sys.executable, example, cwd=where)
-        self.assertEqual((result.returncode, result.stdout), (0, "hello, client\n"), result.stderr)
