@@ -22,9 +22,7 @@ class WhoAmI(Resource):
         peer = peerIdentity(request.transport)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (
-            f"CN={peer.commonName}\n"
-            f"sha256={peer.fingerprint}\n"
-            f"uris={','.join(peer.uris)}\n"
+            f"CN={peer.commonName}\nsha256={peer.fingerprint}\nuris={','.join(peer.uris)}\n"
         ).encode()
 
 
