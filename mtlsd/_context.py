@@ -7,7 +7,7 @@ context, through Twisted's L{CertificateOptions}.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 from weakref import WeakKeyDictionary
 
@@ -57,6 +57,21 @@ def _isCA(certificate: x509.Certificate) -> bool:
         return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
+
+
+def _limitedScope(crl: x509.CertificateRevocationList) -> bool:
+    """
+    Whether a CRL covers less than all revocations of its issuer (a delta
+    CRL, or one limited to some reasons).
+    """
+    for extension in crl.extensions:
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            return True
+        if isinstance(extension.value, x509.IssuingDistributionPoint) and (
+            extension.value.only_some_reasons is not None
+        ):
+            return True
+    return False
 
 
 def _subject(name: x509.Name) -> str:
@@ -133,11 +148,29 @@ class ServerTLSSettings:
         return cls(certificate, privateKey, tuple(chain), tuple(trusted), tuple(crls), **options)
 
     @property
+    def usableCRLs(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """
+        The CRLs that are used: those signed by a trusted CA.  A CRL of a
+        CA that is not in the bundle cannot be checked (its signature needs
+        the CA); one that does not verify is a mistake.  Both are warned
+        about and left out.
+        """
+        cas = [c for c in self.trusted if _isCA(c)]
+        return tuple(
+            crl
+            for crl in self.crls
+            if any(
+                ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                for ca in cas
+            )
+        )
+
+    @property
     def checksRevocation(self) -> bool:
         """
         Whether OpenSSL checks client certificates against CRLs.
         """
-        return bool(self.crls) or self.crlRequired
+        return bool(self.usableCRLs) or self.crlRequired
 
     def warnings(self, now: datetime.datetime | None = None) -> list[str]:
         """
@@ -160,11 +193,20 @@ class ServerTLSSettings:
                 f" {server.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC: clients will reject it."
             )
         cas = [c for c in self.trusted if _isCA(c)]
+        usable = self.usableCRLs
         for crl in self.crls:
             issuer = _subject(crl.issuer)
             nextUpdate = crl.next_update_utc
-            if not any(ca.subject == crl.issuer for ca in cas):
-                found.append(f"the CRL of {issuer} matches no trusted CA: it is not used.")
+            if crl not in usable:
+                found.append(
+                    f"the CRL of {issuer} is not signed by a CA of the bundle: it is not used"
+                    " (revoke a certificate pinned without its CA by removing it from the bundle)."
+                )
+            elif _limitedScope(crl):
+                found.append(
+                    f"the CRL of {issuer} is a delta or partitioned CRL, which OpenSSL does not"
+                    " use alone: every client of that CA is rejected; give its complete CRL."
+                )
             elif nextUpdate is not None and nextUpdate < now:
                 found.append(
                     f"the CRL of {issuer} is past its nextUpdate ({nextUpdate:%Y-%m-%d %H:%M:%S}"
@@ -289,6 +331,57 @@ def _storeFlags(settings: ServerTLSSettings) -> int:
     return flags
 
 
+class _Rechecker:
+    """
+    Decides again, for an established connection, what the handshake
+    decided: OpenSSL verifies the chain (as at the handshake, without CRLs)
+    and gives the verified chain, whose certificates are then looked up in
+    the CRLs with the handshake's semantics (the leaf, or every CA's
+    certificate with C{crlCheckChain}; an issuer without a CRL is not checked
+    unless C{crlRequired}); then the allow-list.  Built once per settings.
+    """
+
+    def __init__(self, settings: ServerTLSSettings) -> None:
+        self._settings = settings
+        self._store = X509Store()
+        for trusted in settings.trusted:
+            self._store.add_cert(X509.from_cryptography(trusted))
+        self._store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
+        self._crls = {crl.issuer: crl for crl in settings.usableCRLs}
+
+    def __call__(
+        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> str | None:
+        settings = self._settings
+        try:
+            verified = X509StoreContext(
+                self._store,
+                X509.from_cryptography(certificate),
+                [X509.from_cryptography(c) for c in chain],
+            ).get_verified_chain()
+        except X509StoreContextError:
+            return NO_LONGER_TRUSTED
+        if settings.checksRevocation:
+            path = [c.to_cryptography() for c in verified]
+            checked = path if settings.crlCheckChain else path[:1]
+            now = datetime.datetime.now(datetime.timezone.utc)
+            for number, member in enumerate(checked):
+                if number and member.issuer == member.subject:
+                    break  # the root: a trust anchor, never on a CRL
+                crl = self._crls.get(member.issuer)
+                if crl is None:
+                    if settings.crlRequired:
+                        return NO_LONGER_TRUSTED
+                    continue
+                if crl.get_revoked_certificate_by_serial_number(member.serial_number):
+                    return REVOKED
+                if crl.next_update_utc is not None and crl.next_update_utc < now:
+                    return NO_LONGER_TRUSTED
+        if not settings.policy.allows(identityFromCertificate(certificate)):
+            return NOT_ALLOWED
+        return None
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerContext:
     """
@@ -337,24 +430,29 @@ class ServerContext:
         context = options.getContext()
         store = context.get_cert_store()
         assert store is not None
-        for crl in settings.crls:
+        crlIssuers = {crl.issuer for crl in settings.usableCRLs}
+        for crl in settings.usableCRLs:
             store.add_crl(crl)
         store.set_flags(_storeFlags(settings))
         context.set_verify_depth(settings.verifyDepth)
         for certificate in settings.trusted:
             context.add_client_ca(certificate)
-        ignoreMissingCRL = settings.checksRevocation and not settings.crlRequired
 
         def verify(
             connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
         ) -> bool:
-            if ignoreMissingCRL and errno == _UNABLE_TO_GET_CRL:
-                return True
+            if (
+                errno == _UNABLE_TO_GET_CRL
+                and not settings.crlRequired
+                and certificate.to_cryptography().issuer not in crlIssuers
+            ):
+                return True  # no CRL was given for this issuer: not checked
             return self._recorder.record(connection, certificate, errno, depth, ok)
 
         context.set_verify(context.get_verify_mode(), verify)
         context.set_alpn_select_callback(_selectALPN)
         self.settings, self._options = settings, options
+        self._recheck = _Rechecker(settings)
 
     def recheck(
         self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
@@ -366,35 +464,7 @@ class ServerContext:
         @return: L{None} if so, else the reason: C{revoked}, C{no longer
             trusted} or C{not allowed by policy}.
         """
-        settings = self.settings
-
-        def verify(flags: int) -> int | None:
-            store = X509Store()
-            for trusted in settings.trusted:
-                store.add_cert(X509.from_cryptography(trusted))
-            for crl in settings.crls:
-                store.add_crl(crl)
-            store.set_flags(flags)
-            try:
-                X509StoreContext(
-                    store,
-                    X509.from_cryptography(certificate),
-                    [X509.from_cryptography(c) for c in chain],
-                ).verify_certificate()
-            except X509StoreContextError as e:
-                return int(e.errors[0])
-            return None
-
-        errno = verify(_storeFlags(settings))
-        if errno == _UNABLE_TO_GET_CRL and not settings.crlRequired:
-            errno = verify(X509StoreFlags.PARTIAL_CHAIN)
-        if errno == SSL.X509VerificationCodes.ERR_CERT_REVOKED:
-            return REVOKED
-        if errno is not None:
-            return NO_LONGER_TRUSTED
-        if not settings.policy.allows(identityFromCertificate(certificate)):
-            return NOT_ALLOWED
-        return None
+        return self._recheck(certificate, chain)
 
     def revalidate(self) -> int:
         """
@@ -403,13 +473,31 @@ class ServerContext:
 
         @return: how many were cut.
         """
+        return self._cutWhere(
+            lambda session: self.recheck(session.peerCertificate, session.peerChain)  # type: ignore[arg-type]
+        )
+
+    def cutExpired(self, now: datetime.datetime | None = None) -> int:
+        """
+        Cut the established connections whose client certificate has
+        expired since they began.
+
+        @return: how many were cut.
+        """
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        return self._cutWhere(
+            lambda session: (
+                NO_LONGER_TRUSTED
+                if session.peerCertificate.not_valid_after_utc < now  # type: ignore[union-attr]
+                else None
+            )
+        )
+
+    def _cutWhere(self, reason: Callable[[LiveSession], str | None]) -> int:
         cut = 0
         for session in list(self.sessions):
-            if session.peerCertificate is None:
-                continue
-            reason = self.recheck(session.peerCertificate, session.peerChain)
-            if reason is not None:
-                session.cut(reason)
+            if session.peerCertificate is not None and (why := reason(session)) is not None:
+                session.cut(why)
                 cut += 1
         return cut
 

@@ -85,7 +85,20 @@ def parseCertificates(data: bytes, source: str) -> list[x509.Certificate]:
     @param source: the file name (or another label) for the error message.
     @raise ConfigurationError: if there is no certificate or one is broken.
     """
-    return _parsePEM(data, source, "CERTIFICATE", "certificate", x509.load_pem_x509_certificate)
+    return _parsePEM(data, source, "CERTIFICATE", "certificate", _loadCertificate)
+
+
+def _loadCertificate(data: bytes) -> x509.Certificate:
+    """
+    Load a PEM certificate and its extensions, which cryptography parses
+    lazily: a malformed one is an error here, not later.
+    """
+    certificate = x509.load_pem_x509_certificate(data)
+    try:
+        certificate.extensions  # noqa: B018
+    except Exception as e:
+        raise ValueError(f"unreadable extensions: {e}") from None
+    return certificate
 
 
 def loadCRLs(path: Path) -> list[x509.CertificateRevocationList]:

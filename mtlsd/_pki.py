@@ -24,6 +24,9 @@ from ._files import loadCertificates, loadCRLs, loadPrivateKey
 
 DEFAULT_PKI_DIR = "mtlsd-pki"
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+# Long enough that a development daemon does not start rejecting every client
+# because nobody renewed the CRL (OpenSSL rejects past a CRL's nextUpdate).
+DEV_CRL_DAYS = 3650
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -272,7 +275,9 @@ class DevelopmentPKI:
                 _writeFile(caKey, keyPEM(key), secret=True)
                 _writeFile(ca, certificatePEM(certificate))
             if not self.path("crl.pem").exists():
-                crl = makeCRL(self._ca()).public_bytes(serialization.Encoding.PEM)
+                crl = makeCRL(self._ca(), days=DEV_CRL_DAYS).public_bytes(
+                    serialization.Encoding.PEM
+                )
                 _writeFile(self.path("crl.pem"), crl)
             if not (self.path("server.crt").exists() and self.path("server.key").exists()):
                 self._writePair(
@@ -323,8 +328,7 @@ class DevelopmentPKI:
 
     def revoke(self, name: str) -> x509.CertificateRevocationList:
         """
-        Add C{NAME.crt} to this PKI's CRL and write C{crl.pem} anew (valid
-        30 days); a daemon using the PKI picks it up at its next reload.
+        Add C{NAME.crt} to this PKI's CRL and write C{crl.pem} anew; a daemon using the PKI picks it up at its next reload.
 
         @raise ConfigurationError: if there is no such certificate or this
             PKI's CA did not issue it.
@@ -340,7 +344,7 @@ class DevelopmentPKI:
         if self.path("crl.pem").exists():
             for crl in loadCRLs(self.path("crl.pem")):
                 revoked.update(entry.serial_number for entry in crl)
-        crl = makeCRL(ca, sorted(revoked))
+        crl = makeCRL(ca, sorted(revoked), days=DEV_CRL_DAYS)
         with _fileErrors(self.directory):
             _writeFile(self.path("crl.pem"), crl.public_bytes(serialization.Encoding.PEM))
         return crl

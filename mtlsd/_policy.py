@@ -19,16 +19,18 @@ from ._identity import PeerIdentity
 
 def _globPattern(pattern: str, separator: str) -> re.Pattern[str]:
     """
-    Compile a glob where C{*} matches within one label (DNS name, CN) or
-    one path segment (URI), never across C{separator}, and C{**} matches any
-    number of them.
+    Compile a glob where C{*} matches one label (DNS name, CN) or one path
+    segment (URI), never across C{separator} and never empty, and C{**}
+    matches one or more of them.
     """
     parts = re.split(r"(\*\*|\*)", pattern)
     regex = "".join(
-        ".*" if part == "**" else f"[^{re.escape(separator)}]*" if part == "*" else re.escape(part)
+        ".+" if part == "**" else f"[^{re.escape(separator)}]+" if part == "*" else re.escape(part)
         for part in parts
     )
-    return re.compile(regex + r"\Z", re.IGNORECASE if separator == "." else 0)
+    # ASCII-only case folding: no Kelvin sign matching a "k".
+    flags = re.ASCII | (re.IGNORECASE if separator == "." else 0)
+    return re.compile(regex + r"\Z", flags)
 
 
 def fingerprint(value: str, option: str) -> str:

@@ -12,14 +12,12 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ._context import ServerContext, ServerTLSSettings
-from ._errors import ConfigurationError
 from ._files import Path
 
 DEFAULT_RELOAD_INTERVAL = 2.0
@@ -116,12 +114,19 @@ class TrustReloader(Service):
 
         @return: whether a reload was attempted.
         """
-        now = _fingerprint(self._paths)
-        if now == self._seen:
-            self._warn()  # a CRL or certificate may have come near its end
-            return False
-        self._seen = now
-        self.reload()
+        try:
+            now = _fingerprint(self._paths)
+            if now == self._seen:
+                # Time passes: a client certificate may have expired, a CRL
+                # may be near its end.
+                if not self._keepLiveSessions:
+                    self.context.cutExpired()
+                self._warn()
+                return False
+            self.reload()
+        except Exception:
+            # Whatever happens, the next check must still run.
+            log.failure("checking the trust files failed", mtlsdEvent="reload-failed")
         return True
 
     def _warn(self) -> None:
@@ -146,7 +151,7 @@ class TrustReloader(Service):
         try:
             settings = self._load()
             self.context.update(settings)
-        except (ConfigurationError, SSL.Error, ValueError) as e:
+        except Exception as e:  # ConfigurationError, or anything OpenSSL refuses
             self.failures += 1
             log.error(
                 "reload failed, keeping the trust in force: {error}",

@@ -100,6 +100,8 @@ class _GateProtocol(ProtocolWrapper):
         self.factory.registerProtocol(self)
 
     def connectionMade(self) -> None:
+        # The settings OpenSSL will verify this client with.
+        self._settings = self.factory.context.settings
         clock = self.factory.clock
         self._startedAt = clock.seconds()
         self._timeout = clock.callLater(self.factory.handshakeTimeout, self._handshakeTimedOut)
@@ -115,8 +117,6 @@ class _GateProtocol(ProtocolWrapper):
             self._timeout = None
 
     def handshakeCompleted(self) -> None:
-        if self._identity is not None:
-            return  # a renegotiation: the peer was already admitted
         self._cancelTimeout()
         context = self.factory.context
         connection = self._tls.getHandle()
@@ -128,6 +128,18 @@ class _GateProtocol(ProtocolWrapper):
             # extension, say): fail closed.
             self._refuse(f"unreadable client certificate: {e}")
             return
+        chain = tuple(
+            c
+            for c in connection.get_peer_cert_chain(as_cryptography=True) or ()
+            if c != certificate
+        )
+        if context.settings is not self._settings:
+            # The trust changed during this handshake, which OpenSSL checked
+            # against the settings of its start: decide again.
+            reason = context.recheck(certificate, chain)
+            if reason is not None:
+                self._refuse(reason, commonName=identity.commonName)
+                return
         if not context.settings.policy.allows(identity):
             self._refuse(
                 NOT_ALLOWED,
@@ -140,12 +152,7 @@ class _GateProtocol(ProtocolWrapper):
             )
             return
         self._identity = identity
-        self.peerCertificate = certificate
-        self.peerChain = tuple(
-            c
-            for c in connection.get_peer_cert_chain(as_cryptography=True) or ()
-            if c != certificate
-        )
+        self.peerCertificate, self.peerChain = certificate, chain
         context.sessions.add(self)
         log.info(
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",

@@ -126,10 +126,12 @@ class Connection:
         gated: bool = False,
         clientProtocol: Any = None,
         appFactory: Any = None,
+        greet: bool = True,
     ) -> None:
         """
         @param appFactory: ALPN protocols the application factory
             negotiates, and the client offers.
+        @param greet: run the handshake now (else at the first L{flush}).
         @param gated: put mtlsd's client gate (as L{MtlsClientEndpoint} does)
             between the client's TLS layer and its protocol, so the protocol
             sees mtlsd's errors.
@@ -164,6 +166,7 @@ class Connection:
                 p, False, peerAddress=CLIENT_ADDRESS, hostAddress=SERVER_ADDRESS
             ),
             clock=self.clock,
+            greet=greet,
         )
         self.clientConnection = self.client.handle
 

@@ -43,6 +43,16 @@ class AllowPolicyTests(SynchronousTestCase):
         self.assertFalse(AllowPolicy(commonNames=["*"]).allows(WEB))
         self.assertTrue(AllowPolicy(commonNames=["**"]).allows(WEB))
 
+    def test_asciiOnly(self) -> None:
+        """
+        Case folding is ASCII only (a Kelvin sign is not a "k"), and C{*}
+        never matches an empty label.
+        """
+        kelvin = identityFromCertificate(selfSigned("\u212a8s-admin").certificate)
+        self.assertFalse(AllowPolicy(commonNames=["k8s-admin"]).allows(kelvin))
+        dotted = identityFromCertificate(selfSigned(".prod").certificate)
+        self.assertFalse(AllowPolicy(commonNames=["*.prod"]).allows(dotted))
+
     def test_dnsName(self) -> None:
         """
         DNS entries: C{*} is one label, C{**} any number.

@@ -203,6 +203,59 @@ class ReloadTests(_Case):
         self.assertTrue(self.connect(self.bob).app.made)
 
 
+class RaceTests(_Case):
+    def test_handshakeAcrossReload(self) -> None:
+        """
+        A client whose connection began before a reload that removed it, and
+        whose handshake completes after, is refused: OpenSSL verified it
+        with the old trust, mtlsd decides again with the new.
+        """
+        self.write("clients.pem", self.trust(self.alice, self.bob))
+        self.start()
+        c = Connection(
+            self.context,
+            clientContext(self.bob, [self.ca.certificate]),
+            clock=self.clock,
+            greet=False,
+        )
+        self.write("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        c.flush()
+        self.assertFalse(c.app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual((rejected["reason"], rejected["commonName"]), ("no longer trusted", "bob"))
+
+    def test_unexpectedErrorKeepsPolling(self) -> None:
+        """
+        An unexpected error while reloading is logged; the next change is
+        still picked up.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        restore = self.patch(self.reloader, "_load", lambda: 1 / 0)
+        self.write("clients.pem", self.trust(self.bob))
+        self.clock.advance(2)
+        self.assertEqual(len(self.mtlsdEvents("reload-failed")), 1)
+        restore.restore()
+        self.write("clients.pem", self.trust(self.bob, self.alice))
+        self.clock.advance(2)
+        self.assertTrue(self.connect(self.bob).app.made)
+
+    def test_expiredSessionCut(self) -> None:
+        """
+        A live session whose certificate expires is cut, without any file
+        changing.
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        c = self.connect(self.alice)
+        later = self.alice.certificate.not_valid_after_utc + datetime.timedelta(seconds=1)
+        self.assertEqual(self.context.cutExpired(now=later - datetime.timedelta(days=1)), 0)
+        self.assertEqual(self.context.cutExpired(now=later), 1)
+        c.flush()
+        self.assertIsNotNone(c.client.lost)
+
+
 class RevocationTests(_Case):
     def test_removedClientCut(self) -> None:
         """
@@ -357,21 +410,67 @@ class CRLTests(_Case):
         )
         self.assertTrue(any("reaches its nextUpdate" in w for w in settings.warnings()))
 
-    def test_pinnedLeafRevoked(self) -> None:
+    def test_crlOfAbsentCA(self) -> None:
         """
-        A CA-issued certificate pinned without its CA is still checked
-        against the CA's CRL.
+        A CRL of a CA that is not in the bundle cannot be checked (its
+        signature needs the CA): it is left out with a warning, and pinned
+        certificates of that CA, listed or not, are admitted.  Such a
+        certificate is revoked by removing it from the bundle.
         """
         self.write("clients.pem", self.trust(self.carol, self.dave))
         self.writeCRL(self.carol)
         self.start()
+        self.assertIn("is not signed by a CA of the bundle", " ".join(self.load().warnings()))
+        self.assertTrue(self.connect(self.carol).app.made)
+        self.write("clients.pem", self.trust(self.dave))
+        self.clock.advance(2)
         self.assertFalse(self.connect(self.carol).app.made)
         self.assertTrue(self.connect(self.dave).app.made)
 
-    def test_checkChain(self) -> None:
+    def test_otherCRLsFailClosed(self) -> None:
         """
-        With C{crlCheckChain}, a revoked intermediate CA rejects its
-        clients; without, only the leaf's issuer's CRL counts.
+        A delta CRL of a trusted CA is not used alone by OpenSSL: its
+        clients are rejected (never admitted unchecked), with a warning.
+        """
+        from cryptography.hazmat.primitives import hashes
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        delta = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ca.certificate.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=1))
+            .add_extension(x509.DeltaCRLIndicator(1), critical=True)
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        self.rename("ca.crl", delta.public_bytes(serialization.Encoding.PEM))
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.start()
+        self.assertIn("delta or partitioned CRL", " ".join(self.load().warnings()))
+        self.assertFalse(self.connect(self.dave).app.made)
+
+    def test_revokedIntermediateCutsLiveSession(self) -> None:
+        """
+        With C{crlCheckChain}, the root CA's CRL revoking an intermediate
+        CA cuts the live sessions of that intermediate's clients, though the
+        intermediate itself has no CRL.
+        """
+        frank, intermediate = self.intermediateClient()
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.options = {"crlCheckChain": True}
+        self.start()
+        c = self.connect(frank)
+        self.assertLive(c)
+        self.writeCRL(intermediate)
+        self.clock.advance(2)
+        c.flush()
+        self.assertIsNotNone(c.client.lost)
+        [cut] = self.mtlsdEvents("cut")
+        self.assertEqual((cut["commonName"], cut["reason"]), ("frank", "revoked"))
+
+    def intermediateClient(self) -> tuple[Credentials, Credentials]:
+        """
+        A client certificate issued by an intermediate CA of the test CA.
         """
         from mtlsd._pki import makeCertificate, newKey
 
@@ -382,7 +481,14 @@ class CRLTests(_Case):
         )
         leafKey = newKey()
         leaf = makeCertificate("frank", leafKey, (intermediate.certificate, key), usages=())
-        frank = Credentials(leaf, leafKey, [intermediate.certificate])
+        return Credentials(leaf, leafKey, [intermediate.certificate]), intermediate
+
+    def test_checkChain(self) -> None:
+        """
+        With C{crlCheckChain}, a revoked intermediate CA rejects its
+        clients; without, only the leaf's issuer's CRL counts.
+        """
+        frank, intermediate = self.intermediateClient()
         self.write("clients.pem", self.trust(self.ca.certificate))
         self.writeCRL(intermediate)
         self.start()
