@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from ._client import ClientTLSSettings
@@ -18,6 +19,7 @@ from ._errors import ConfigurationError
 from ._files import loadCertificates
 from ._inspect import describeCertificate
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+from ._server import formatAddress
 
 
 def parseHostPort(value: str) -> tuple[str, int]:
@@ -246,8 +248,9 @@ def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
         raise ConfigurationError(f"--listen {args.listen}: {e}") from None
     failed: list[str] = []
 
-    def listening(listeningPort: object) -> None:
-        err.write(f"mtlsd tunnel: {args.listen} -> {host}:{port} over mutual TLS\n")
+    def listening(listeningPort: IListeningPort) -> None:
+        where = formatAddress(listeningPort.getHost())
+        err.write(f"mtlsd tunnel: {where} -> {host}:{port} over mutual TLS\n")
         err.flush()
 
     def cannotListen(failure: Failure) -> None:

@@ -10,6 +10,7 @@ on one side becomes a half-close on the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -118,7 +119,9 @@ class _Inbound(_Side):
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         outbound = _Side()
         outbound.other = self
-        connecting = self.relay.connectOutbound(Factory.forProtocol(lambda: outbound))
+        factory = Factory.forProtocol(lambda: outbound)
+        factory.noisy = False
+        connecting = self.relay.connectOutbound(factory)
         connecting.addCallbacks(self._connected, self._unavailable)
 
     def _connected(self, outbound: IProtocol) -> None:
@@ -145,7 +148,9 @@ class _Inbound(_Side):
             error=failure.getErrorMessage(),
             client=formatAddress(self.transport.getPeer()),
         )
-        self.transport.loseConnection()
+        # Aborted, not closed: the client must not take an empty answer for
+        # the backend's.
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class RelayFactory(Factory):
@@ -163,7 +168,7 @@ class RelayFactory(Factory):
         self._outbound = outbound
         self._preamble = preamble
 
-    def connectOutbound(self, factory: Factory) -> Deferred[IProtocol]:
+    def connectOutbound(self, factory: Factory[Any]) -> Deferred[IProtocol]:
         return self._outbound.connect(factory)
 
     def preamble(self, transport: ITransport) -> bytes:

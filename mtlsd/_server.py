@@ -79,7 +79,6 @@ class _GateProtocol(ProtocolWrapper):
     def __init__(self, factory: _GateFactory, address: IAddress) -> None:
         ProtocolWrapper.__init__(self, factory, None)  # type: ignore[arg-type]
         self._address = address
-        self._client = formatAddress(address)
         self._timeout: IDelayedCall | None = None
         self._timedOut = False
         self._refusal: tuple[str, dict[str, object]] | None = None
@@ -89,6 +88,17 @@ class _GateProtocol(ProtocolWrapper):
         self._startedAt = 0.0
         self.bytesIn = 0
         self.bytesOut = 0
+
+    @property
+    def _client(self) -> str:
+        """
+        The client's address as the logs give it: asked of the transport
+        each time, because behind a C{haproxy:} endpoint it becomes the real
+        client's only once the PROXY header has been read.
+        """
+        if self.transport is None:
+            return formatAddress(self._address)
+        return formatAddress(self._tls.getPeer())
 
     @property
     def _tls(self) -> TLSMemoryBIOProtocol:
@@ -169,7 +179,7 @@ class _GateProtocol(ProtocolWrapper):
                 mtlsdEvent="shared-certificate",
                 client=self._client,
             )
-        app = self.factory.wrappedFactory.buildProtocol(self._address)
+        app = self.factory.wrappedFactory.buildProtocol(self._tls.getPeer())
         if app is None:
             self._tls.loseConnection()
             return

@@ -14,8 +14,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
@@ -215,14 +216,27 @@ class Daemon:
     log file.
     """
 
-    def __init__(self, directory: str, args: Sequence[str], twist: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        args: Sequence[str],
+        twist: bool = False,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
+    ):
+        """
+        @param env: variables to add to L{environment} for this process.
+        @param command: another command to run instead (then C{args} and
+            C{twist} are not used).
+        """
         self.directory = directory
         self.port = 0
         self.logPath = os.path.join(directory, "daemon.log")
-        if twist:
-            command = [TWIST, "mtlsd", *args]
-        else:
-            command = [TWISTD, "-n", "--pidfile=", "--logfile=-", "mtlsd", *args]
+        if command is None:
+            if twist:
+                command = [TWIST, "mtlsd", *args]
+            else:
+                command = [TWISTD, "-n", "--pidfile=", "--logfile=-", "mtlsd", *args]
         self._logFile = open(self.logPath, "wb")
         self.process = subprocess.Popen(
             command,
@@ -230,7 +244,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=self._logFile,
             stderr=subprocess.STDOUT,
-            env=environment(),
+            env={**environment(), **(env or {})},
         )
 
     def stop(self) -> None:
@@ -253,17 +267,21 @@ class Daemon:
         with open(self.logPath, encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def waitForListening(self, deadline: float = DEADLINE) -> int:
+    def waitForListening(
+        self, deadline: float = DEADLINE, pattern: str = r"\(TLS\) starting on (\d+)"
+    ) -> int:
         """
         Wait until the daemon logs the port it listens on (it is started on
         port 0, so no other process can hold it), and remember it.
 
+        @param pattern: the log line giving the port, as its first group
+            (L{LISTENING_ANY} also finds a C{haproxy:} listener's).
         @raise AssertionError: if it exits or is not listening in time.
         @return: the port.
         """
         end = time.monotonic() + deadline
         while True:
-            found = re.search(r"\(TLS\) starting on (\d+)", self.log())
+            found = re.search(pattern, self.log())
             if found:
                 self.port = int(found.group(1))
                 return self.port
@@ -320,3 +338,165 @@ class Daemon:
         @return: (client, CN, sha256, serial) of every C{accepted} line.
         """
         return _ACCEPTED.findall(self.log())
+
+
+# What a listener logs when it starts, the port as the first group: C{(TLS)
+# starting on PORT} for TCP, C{(TLS) (PROXY) starting on PORT} for a
+# C{haproxy:} endpoint.
+LISTENING_ANY = r"\(TLS\)(?: \(PROXY\))? starting on (\d+)"
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repositoryOnPythonPath() -> dict[str, str]:
+    """
+    @return: the variable to add to a child's environment so that it can
+        import C{tests} wherever it runs: C{PYTHONPATH} with this repository
+        first.
+    """
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))}
+
+
+class Background:
+    """
+    Any other long-running process (a backend, C{mtlsd tunnel}, C{twistd
+    web}, C{haproxy}), its standard output and error in one log file.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        cwd: str,
+        logPath: str,
+        env: Mapping[str, str] | None = None,
+    ):
+        """
+        @param env: variables to add to L{environment} for this process.
+        @param command: another command to run instead (then C{args} and
+            C{twist} are not used).
+        """
+        self.args = list(args)
+        self.logPath = logPath
+        self._logFile = open(logPath, "wb")
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._logFile,
+            stderr=subprocess.STDOUT,
+            env={**environment(), **(env or {})},
+        )
+
+    def stop(self) -> None:
+        """
+        Terminate the process and wait for it.
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(DEADLINE)
+        self._logFile.close()
+
+    def log(self) -> str:
+        with open(self.logPath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def _checkRunning(self, what: str) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"{self.args[0]} exited with {self.process.returncode} before {what}:\n{self.log()}"
+            )
+
+    def waitForLog(self, pattern: str, deadline: float = DEADLINE) -> re.Match[str]:
+        """
+        Wait until the output matches the regular expression C{pattern}.
+
+        @raise AssertionError: if the process exits or time runs out first.
+        """
+        end = time.monotonic() + deadline
+        while True:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            self._checkRunning(f"logging {pattern!r}")
+            if time.monotonic() > end:
+                raise AssertionError(f"{pattern!r} not logged in {deadline}s:\n{self.log()}")
+            time.sleep(POLL)
+
+    def waitForFile(self, path: str, deadline: float = DEADLINE) -> str:
+        """
+        Wait until C{path} exists (written atomically by the process).
+
+        @return: its content.
+        """
+        end = time.monotonic() + deadline
+        while not os.path.exists(path):
+            self._checkRunning(f"writing {path}")
+            if time.monotonic() > end:
+                raise AssertionError(f"{path} not written in {deadline}s:\n{self.log()}")
+            time.sleep(POLL)
+        with open(path) as f:
+            return f.read()
+
+    def waitForTCPListener(self, port: int, deadline: float = DEADLINE) -> None:
+        """
+        Wait until something listens on 127.0.0.1:C{port}, without
+        connecting (a probe would be relayed like a client): read from
+        C{/proc/net/tcp}.
+        """
+        end = time.monotonic() + deadline
+        while not isListening(port):
+            self._checkRunning(f"listening on {port}")
+            if time.monotonic() > end:
+                raise AssertionError(f"nothing listens on {port} after {deadline}s:\n{self.log()}")
+            time.sleep(POLL)
+
+
+def isListening(port: int) -> bool:
+    """
+    @return: whether a TCP socket is listening on 127.0.0.1:C{port} (Linux:
+        C{/proc/net/tcp}).
+    """
+    wanted = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] in wanted and fields[3] == "0A":  # TCP_LISTEN
+                return True
+    return False
+
+
+def exchange(sock: socket.socket, payload: bytes, deadline: float = DEADLINE) -> bytes:
+    """
+    Send C{payload} on C{sock} while reading, then shut down the writing
+    direction and read until end of file.
+
+    @return: everything read.
+    """
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as e:  # reported by the reading side
+            failures.append(e)
+
+    sock.settimeout(deadline)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sender.join(deadline)
+    if failures:
+        raise AssertionError(f"sending failed: {failures[0]!r}")
+    return b"".join(chunks)
