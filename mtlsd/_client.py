@@ -41,7 +41,7 @@ from zope.interface import classImplements, implementer
 
 from ._context import TLS_VERSIONS, VerifyFailure, VerifyRecorder, _tlsVersion
 from ._errors import ConfigurationError
-from ._files import Path, loadCertificates, loadPrivateKey
+from ._files import Path, loadCertificateAndKey, loadCertificates
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
 
@@ -84,21 +84,35 @@ class ClientTLSSettings:
         keyPath: Path | None,
         caPath: Path,
         minimumTLSVersion: str = "1.2",
+        passphrasePath: Path | None = None,
     ) -> ClientTLSSettings:
         """
         Load a client certificate (optionally followed by its chain and key),
         its key, and the CA bundle that verifies the server.
 
-        @raise ConfigurationError: for any unusable file.
+        @param certificatePath: the client certificate (PEM), optionally
+            followed by its chain and/or its key; or a PKCS#12 file with the
+            key, the certificate and its chain; or L{None} to present no
+            certificate.
+        @param keyPath: the client's key (PEM), or L{None} for the key
+            inside C{certificatePath}.
+        @param caPath: the certificates that verify the server (PEM).
+        @param minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+        @param passphrasePath: a file whose first line is the passphrase of
+            an encrypted key or the password of the PKCS#12 file.
+        @raise ConfigurationError: for any unusable file, a passphrase that
+            does not open the key, or a key that does not match the
+            certificate.
         """
         trusted = tuple(loadCertificates(caPath, "CA"))
         if certificatePath is None:
             if keyPath is not None:
                 raise ConfigurationError("--key was given without --cert.")
+            if passphrasePath is not None:
+                raise ConfigurationError("--key-passphrase-file was given without --cert.")
             return cls(None, None, (), trusted, minimumTLSVersion)
-        certificate, *chain = loadCertificates(certificatePath, "client certificate")
-        privateKey = loadPrivateKey(certificatePath if keyPath is None else keyPath, "client key")
-        return cls(certificate, privateKey, tuple(chain), trusted, minimumTLSVersion)
+        client = loadCertificateAndKey(certificatePath, keyPath, "client", passphrasePath)
+        return cls(client.certificate, client.privateKey, client.chain, trusted, minimumTLSVersion)
 
     def connectionCreator(self, hostname: str) -> ClientContext:
         """

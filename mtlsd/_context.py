@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509Store, X509StoreContext, X509StoreContextError, X509StoreFlags
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolNegotiationFactory,
@@ -30,7 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ._errors import ConfigurationError
-from ._files import Path, checkKeyMatches, loadCertificates, loadCRLs, loadPrivateKey
+from ._files import Path, keyFileWarnings, loadCertificateAndKey, loadCertificates, loadCRLs
 from ._identity import identityFromCertificate
 from ._policy import AllowPolicy
 from ._reasons import NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
@@ -99,6 +100,10 @@ class ServerTLSSettings:
     @ivar verifyDepth: the longest client chain accepted (OpenSSL's verify
         depth: a leaf, up to this many intermediates, and the root).
     @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar fileWarnings: sentences about the files the settings were read
+        from (a private key or passphrase readable by group or others),
+        found by L{fromFiles} for the daemon to log.  They are not part of
+        L{warnings} and take no part in comparisons.
     """
 
     certificate: x509.Certificate
@@ -111,6 +116,7 @@ class ServerTLSSettings:
     policy: AllowPolicy = AllowPolicy()
     verifyDepth: int = field(default=DEFAULT_VERIFY_DEPTH, validator=_positive)
     minimumTLSVersion: str = field(default="1.2", validator=_tlsVersion)
+    fileWarnings: tuple[str, ...] = field(default=(), eq=False)
 
     @classmethod
     def fromFiles(
@@ -119,33 +125,46 @@ class ServerTLSSettings:
         keyPath: Path | None,
         clientCertificatePaths: Sequence[Path],
         crlPaths: Sequence[Path] = (),
+        passphrasePath: Path | None = None,
         **options: Any,
     ) -> ServerTLSSettings:
         """
         Load settings from files.
 
         @param certificatePath: the server certificate (PEM), optionally
-            followed by its chain and/or its key.
-        @param keyPath: the server's key, or L{None} for the key inside
-            C{certificatePath}.
+            followed by its chain and/or its key; or a PKCS#12 file with the
+            key, the certificate and its chain.
+        @param keyPath: the server's key (PEM), or L{None} for the key
+            inside C{certificatePath}.
         @param clientCertificatePaths: bundles of trusted client certificates
             and/or CA certificates (PEM).
         @param crlPaths: CRLs (PEM or DER).
+        @param passphrasePath: a file whose first line is the passphrase of
+            an encrypted key or the password of the PKCS#12 file.
         @param options: the other attributes (C{policy}, C{verifyDepth}, ...).
-        @raise ConfigurationError: for any unusable file, or a key that does
-            not match the certificate.
+        @raise ConfigurationError: for any unusable file, a passphrase that
+            does not open the key, or a key that does not match the
+            certificate.
         """
-        certificate, *chain = loadCertificates(certificatePath, "server certificate")
-        keyPath = certificatePath if keyPath is None else keyPath
-        privateKey = loadPrivateKey(keyPath, "server key")
-        checkKeyMatches(certificate, privateKey, certificatePath, keyPath)
+        server = loadCertificateAndKey(certificatePath, keyPath, "server", passphrasePath)
         if not clientCertificatePaths:
             raise ConfigurationError("no trusted client certificates were given.")
         trusted = [
             c for p in clientCertificatePaths for c in loadCertificates(p, "client certificates")
         ]
         crls = [crl for p in crlPaths for crl in loadCRLs(p)]
-        return cls(certificate, privateKey, tuple(chain), tuple(trusted), tuple(crls), **options)
+        fileWarnings = keyFileWarnings(server.keyPath, "the server's private key")
+        if passphrasePath is not None:
+            fileWarnings += keyFileWarnings(passphrasePath, "the server key's passphrase")
+        return cls(
+            server.certificate,
+            server.privateKey,
+            server.chain,
+            tuple(trusted),
+            tuple(crls),
+            **options,
+            fileWarnings=tuple(fileWarnings),
+        )
 
     @property
     def usableCRLs(self) -> tuple[x509.CertificateRevocationList, ...]:
@@ -405,7 +424,28 @@ class ServerContext:
     def __init__(self, settings: ServerTLSSettings) -> None:
         self._recorder = VerifyRecorder()
         self.sessions: set[LiveSession] = set()
+        self._drainWaiters: list[Deferred[None]] = []
         self.update(settings)
+
+    def sessionEnded(self, session: LiveSession) -> None:
+        """
+        An established connection ended.
+        """
+        self.sessions.discard(session)
+        if not self.sessions:
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def whenDrained(self) -> Deferred[None]:
+        """
+        @return: fires when no established connection is left.
+        """
+        if not self.sessions:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drainWaiters.append(waiter)
+        return waiter
 
     def update(self, settings: ServerTLSSettings) -> None:
         """

@@ -106,7 +106,7 @@ class MtlsServerParser:
         from ._errors import ConfigurationError
         from ._policy import AllowPolicy
         from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-        from ._server import DEFAULT_HANDSHAKE_TIMEOUT, MtlsServerEndpoint
+        from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
 
         _check("server", kwargs, _SERVER_KEYS, ("certKey", "clientCerts"))
         if "endpoint" in kwargs:
@@ -131,7 +131,7 @@ class MtlsServerParser:
                 fingerprints=_list(kwargs.get("allowFingerprint")),
                 spkiFingerprints=_list(kwargs.get("allowSPKI")),
             )
-            options = {
+            options: dict[str, Any] = {
                 "crlCheckChain": _flag(kwargs, "crlCheckChain"),
                 "crlRequired": _flag(kwargs, "crlRequired"),
                 "policy": policy,
@@ -158,7 +158,9 @@ class MtlsServerParser:
         return MtlsServerEndpoint(
             context,
             plain,
-            float(kwargs.get("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT)),
+            ConnectionLimits(
+                handshakeTimeout=float(kwargs.get("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT))
+            ),
             reloader=reloader,
         )
 

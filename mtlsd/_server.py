@@ -37,7 +37,12 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from ._context import ServerContext
 from ._identity import PeerIdentity, identityFromCertificate
-from ._reasons import HANDSHAKE_TIMEOUT, NOT_ALLOWED, handshakeFailureReason
+from ._reasons import (
+    CLOSED_BEFORE_HANDSHAKE,
+    HANDSHAKE_TIMEOUT,
+    NOT_ALLOWED,
+    handshakeFailureReason,
+)
 from ._tls import TLSFactory
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -62,6 +67,57 @@ def formatAddress(address: IAddress) -> str:
     return repr(address)
 
 
+class ConnectionLimits:
+    """
+    Limits on connections, shared by every listener of a daemon: how many
+    at once (in all, and per client IP address), how long a handshake may
+    take, how long a connection may stay idle, and how long it may live.
+    C{None} means no limit.
+    """
+
+    def __init__(
+        self,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        idleTimeout: float | None = None,
+        maxLifetime: float | None = None,
+        maxConnections: int | None = None,
+        maxPerAddress: int | None = None,
+    ) -> None:
+        self.handshakeTimeout = handshakeTimeout
+        self.idleTimeout = idleTimeout
+        self.maxLifetime = maxLifetime
+        self.maxConnections = maxConnections
+        self.maxPerAddress = maxPerAddress
+        self.active = 0
+        self._perAddress: dict[str, int] = {}
+
+    def admit(self, host: str) -> str | None:
+        """
+        Count a new connection from C{host}, or refuse it.
+
+        @return: L{None} if admitted (then L{release} it when it ends), else
+            the limit it would exceed.
+        """
+        if self.maxConnections is not None and self.active >= self.maxConnections:
+            return "max-connections"
+        if self.maxPerAddress is not None and self._perAddress.get(host, 0) >= self.maxPerAddress:
+            return "max-connections-per-ip"
+        self.active += 1
+        self._perAddress[host] = self._perAddress.get(host, 0) + 1
+        return None
+
+    def release(self, host: str) -> None:
+        """
+        A connection admitted from C{host} ended.
+        """
+        self.active -= 1
+        left = self._perAddress[host] - 1
+        if left:
+            self._perAddress[host] = left
+        else:
+            del self._perAddress[host]
+
+
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
 class _GateProtocol(ProtocolWrapper):
     """
@@ -81,6 +137,9 @@ class _GateProtocol(ProtocolWrapper):
         self._address = address
         self._timeout: IDelayedCall | None = None
         self._timedOut = False
+        self._admitted = False
+        self._idle: IDelayedCall | None = None
+        self._lifetime: IDelayedCall | None = None
         self._refusal: tuple[str, dict[str, object]] | None = None
         self.peerCertificate: x509.Certificate | None = None
         self.peerChain: tuple[x509.Certificate, ...] = ()
@@ -112,9 +171,21 @@ class _GateProtocol(ProtocolWrapper):
     def connectionMade(self) -> None:
         # The settings OpenSSL will verify this client with.
         self._settings = self.factory.context.settings
-        clock = self.factory.clock
+        clock, limits = self.factory.clock, self.factory.limits
         self._startedAt = clock.seconds()
-        self._timeout = clock.callLater(self.factory.handshakeTimeout, self._handshakeTimedOut)
+        self._host = getattr(self._address, "host", "") or ""
+        refused = limits.admit(self._host)
+        if refused is not None:
+            log.info(
+                "refused {client}: {limit} reached",
+                mtlsdEvent="refused",
+                client=self._client,
+                limit=refused,
+            )
+            self._tls.abortConnection()
+            return
+        self._admitted = True
+        self._timeout = clock.callLater(limits.handshakeTimeout, self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
         self._timeout = None
@@ -122,9 +193,26 @@ class _GateProtocol(ProtocolWrapper):
         self._tls.abortConnection()
 
     def _cancelTimeout(self) -> None:
-        if self._timeout is not None:
-            self._timeout.cancel()
-            self._timeout = None
+        for name in ("_timeout", "_idle", "_lifetime"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+    def _resetIdle(self) -> None:
+        if self._idle is not None:
+            self._idle.reset(self.factory.limits.idleTimeout)  # type: ignore[arg-type]
+
+    def _limitReached(self, limit: str) -> None:
+        self._idle = self._lifetime = None
+        log.info(
+            "timeout {client}: CN={commonName}: {limit}",
+            mtlsdEvent="timeout",
+            client=self._client,
+            commonName=self._identity.commonName if self._identity else None,
+            limit=limit,
+        )
+        self._tls.abortConnection()
 
     def handshakeCompleted(self) -> None:
         self._cancelTimeout()
@@ -164,6 +252,7 @@ class _GateProtocol(ProtocolWrapper):
         self._identity = identity
         self.peerCertificate, self.peerChain = certificate, chain
         context.sessions.add(self)
+        clock, limits = self.factory.clock, self.factory.limits
         log.info(
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
             mtlsdEvent="accepted",
@@ -171,7 +260,14 @@ class _GateProtocol(ProtocolWrapper):
             commonName=identity.commonName,
             fingerprint=identity.fingerprint,
             serial=f"{identity.serial:x}",
+            handshakeDuration=clock.seconds() - self._startedAt,
         )
+        if limits.idleTimeout is not None:
+            self._idle = clock.callLater(limits.idleTimeout, self._limitReached, "idle-timeout")
+        if limits.maxLifetime is not None:
+            self._lifetime = clock.callLater(
+                limits.maxLifetime, self._limitReached, "max-conn-lifetime"
+            )
         if certificate == context.settings.certificate:
             log.warn(
                 "client {client} presented the server's own certificate: anyone holding it"
@@ -224,23 +320,29 @@ class _GateProtocol(ProtocolWrapper):
             self.wrappedProtocol.writeConnectionLost()
 
     def dataReceived(self, data: bytes) -> None:
+        self._resetIdle()
         self.bytesIn += len(data)
         if self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(data)
 
     def write(self, data: bytes) -> None:
+        self._resetIdle()
         self.bytesOut += len(data)
         ProtocolWrapper.write(self, data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         data = list(data)
+        self._resetIdle()
         self.bytesOut += sum(map(len, data))
         ProtocolWrapper.writeSequence(self, data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancelTimeout()
         self.factory.unregisterProtocol(self)
-        self.factory.context.sessions.discard(self)
+        self.factory.context.sessionEnded(self)
+        if not self._admitted:
+            return  # refused by a limit, and logged so
+        self.factory.limits.release(self._host)
         if self._identity is None:
             self._logRejection(reason)
         else:
@@ -269,7 +371,13 @@ class _GateProtocol(ProtocolWrapper):
             fields = {"depth": failure.depth, "subject": failure.subject}
         else:
             text = handshakeFailureReason(reason)
-        log.info(
+        # A load balancer's TCP check connects and closes without a byte:
+        # not worth a line at the default level; nor are rejections when
+        # the operator asked for quiet (metrics still count them).
+        quiet = self.factory.quietRejections or (
+            text == CLOSED_BEFORE_HANDSHAKE and getattr(self._tls, "rawBytesIn", 0) == 0
+        )
+        (log.debug if quiet else log.info)(
             "rejected {client}: {reason}",
             mtlsdEvent="rejected",
             client=self._client,
@@ -294,13 +402,15 @@ class _GateFactory(WrappingFactory):
         self,
         context: ServerContext,
         appFactory: IProtocolFactory,
-        handshakeTimeout: float,
+        limits: ConnectionLimits,
         clock: IReactorTime,
+        quietRejections: bool,
     ) -> None:
         WrappingFactory.__init__(self, appFactory)  # type: ignore[arg-type]
         self.context = context
-        self.handshakeTimeout = handshakeTimeout
+        self.limits = limits
         self.clock = clock
+        self.quietRejections = quietRejections
 
     def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
         assert addr is not None
@@ -317,8 +427,9 @@ class _GateFactory(WrappingFactory):
 def mtlsServerFactory(
     context: ServerContext,
     appFactory: IProtocolFactory,
-    handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    limits: ConnectionLimits | None = None,
     clock: IReactorTime | None = None,
+    quietRejections: bool = False,
 ) -> TLSMemoryBIOFactory:
     """
     Wrap an application factory for listening with mutual TLS on any plain
@@ -328,8 +439,10 @@ def mtlsServerFactory(
     @param appFactory: builds the application protocol; it runs only for
         clients whose certificate verified, and can call
         L{mtlsd.peerIdentity} on its transport.
-    @param handshakeTimeout: seconds a client has to complete the handshake.
+    @param limits: connection limits and timeouts (default: a 10 s handshake
+        timeout, nothing else).
     @param clock: the time source (default: the global reactor).
+    @param quietRejections: log rejected handshakes at debug level only.
     @return: a factory to pass to a plain endpoint's C{listen}.
     """
     if clock is None:
@@ -337,7 +450,7 @@ def mtlsServerFactory(
 
         clock = reactor
     assert clock is not None
-    gate = _GateFactory(context, appFactory, handshakeTimeout, clock)
+    gate = _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)
     return TLSFactory(context, False, gate, clock=clock)
 
 
@@ -351,23 +464,26 @@ class MtlsServerEndpoint:
         self,
         context: ServerContext,
         endpoint: IStreamServerEndpoint,
-        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        limits: ConnectionLimits | None = None,
         clock: IReactorTime | None = None,
         reloader: IService | None = None,
+        quietRejections: bool = False,
     ) -> None:
         """
         @param context: the server's TLS context.
         @param endpoint: the plain endpoint to listen on.
-        @param handshakeTimeout: seconds a client has to complete the handshake.
+        @param limits: connection limits and timeouts, shared by listeners.
         @param clock: the time source (default: the global reactor).
         @param reloader: a service keeping C{context} up to date with its files
             (a L{TrustReloader}), started with the first C{listen}.
+        @param quietRejections: log rejected handshakes at debug level only.
         """
         self._context = context
         self._endpoint = endpoint
-        self._handshakeTimeout = handshakeTimeout
+        self._limits = limits
         self._clock = clock
         self._reloader = reloader
+        self._quiet = quietRejections
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
@@ -376,5 +492,7 @@ class MtlsServerEndpoint:
         if self._reloader is not None and not self._reloader.running:
             self._reloader.startService()
         return self._endpoint.listen(
-            mtlsServerFactory(self._context, protocolFactory, self._handshakeTimeout, self._clock)
+            mtlsServerFactory(
+                self._context, protocolFactory, self._limits, self._clock, self._quiet
+            )
         )

@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,21 +28,24 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.protocols.wire import Echo
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
+from ._config import configArguments, mergeArguments, repeatableOptions
 from ._context import DEFAULT_VERIFY_DEPTH, TLS_VERSIONS, ServerContext, ServerTLSSettings
 from ._errors import ConfigurationError
+from ._logging import FORMATS, logObserver
+from ._metrics import Metrics, metricsSite
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._policy import AllowPolicy
 from ._proxyheader import VERSIONS as PROXY_VERSIONS
 from ._proxyheader import headerMaker
 from ._relay import RelayFactory
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-from ._server import DEFAULT_HANDSHAKE_TIMEOUT, MtlsServerEndpoint
+from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
 
 DEFAULT_PORT = 8082
 
@@ -151,6 +155,55 @@ class Options(usage.Options):
             _number("reload-interval", float, 0),
         ],
         ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Close connections idle (no byte either way) this many seconds (default: never).",
+            _number("idle-timeout", float, 0.001),
+        ],
+        [
+            "max-conn-lifetime",
+            None,
+            None,
+            "Close any connection this many seconds old (default: never).",
+            _number("max-conn-lifetime", float, 0.001),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Refuse new connections beyond this many at once.",
+            _number("max-connections", int, 1),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            None,
+            "Refuse new connections beyond this many at once from one IP address.",
+            _number("max-connections-per-ip", int, 1),
+        ],
+        [
+            "drain-timeout",
+            None,
+            30.0,
+            "On SIGTERM, seconds live connections have to finish before they are cut.",
+            _number("drain-timeout", float, 0),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /healthz on this endpoint, e.g. tcp:9102:interface=127.0.0.1.",
+        ],
+        ["log-format", None, "text", "text or json (one object per line)."],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of these options (keys are the long names); the command line overrides it.",
+        ],
+        ["quiet", None, None, "handshake-errors: log rejected handshakes at debug level only."],
     ]
     compData = usage.Completions(
         optActions={
@@ -187,6 +240,23 @@ class Options(usage.Options):
         super().__init__()
         for name in _REPEATABLE:
             self[name] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line, after the settings of C{--config FILE}:
+        options given on the command line override the file's (a repeatable
+        option given there replaces the file's list).
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        path, rest = _takeConfig(argv)
+        if path is not None:
+            try:
+                fromFile = configArguments(path, self)
+            except ConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
+            argv = mergeArguments(fromFile, rest, repeatableOptions(self), self)
+            self["config"] = path
+        super().parseOptions(argv)
 
     def opt_client_certs(self, path: str) -> None:
         """
@@ -275,6 +345,12 @@ class Options(usage.Options):
             )
         if self["forward"] and not self["unsafe-backend"]:
             _checkBackend(self["forward"])
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {self['log-format']!r}."
+            )
+        if self["quiet"] not in (None, "handshake-errors"):
+            raise usage.UsageError(f"--quiet takes handshake-errors, not {self['quiet']!r}.")
         if self["tls-min-version"] not in TLS_VERSIONS:
             raise usage.UsageError(
                 f"--tls-min-version must be 1.2 or 1.3, not {self['tls-min-version']!r}."
@@ -295,6 +371,22 @@ class Options(usage.Options):
                 "--cert needs --client-certs: the bundle of trusted client"
                 " certificates (or give none of them to use the development PKI)."
             )
+
+
+def _takeConfig(argv: list[str]) -> tuple[str | None, list[str]]:
+    """
+    Find C{--config FILE} (or C{--config=FILE}) in C{argv}.
+
+    @return: the file, if any, and the other arguments.
+    """
+    for index, argument in enumerate(argv):
+        if argument == "--":
+            break
+        if argument == "--config" and index + 1 < len(argv):
+            return argv[index + 1], argv[:index] + argv[index + 2 :]
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1], argv[:index] + argv[index + 1 :]
+    return None, argv
 
 
 _REPEATABLE = (
@@ -449,6 +541,13 @@ class _ListeningService(Service):
         self._port = outcome[0]
         self._onListening(self._port)
 
+    @property
+    def listening(self) -> bool:
+        """
+        Whether this service is listening.
+        """
+        return self._port is not None
+
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._port is None:
@@ -489,7 +588,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     except ConfigurationError as e:
         raise SystemExit(f"mtlsd: {e}") from None
     context = ServerContext(settings)
-    service = MultiService()
+    service = _DaemonService(options, Metrics(lambda: context.settings))
     TrustReloader(
         context,
         load,
@@ -498,16 +597,118 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         options["reload-interval"],
         options["keep-live-sessions"],
     ).setServiceParent(service)
+    _Drain(context, reactor, options["drain-timeout"]).setServiceParent(service)
 
     def suggestConnect(port: IListeningPort) -> None:
         where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]
         log.info("try: {command}", command=_connectCommand(options, where))
 
+    limits = ConnectionLimits(
+        handshakeTimeout=options["handshake-timeout"],
+        idleTimeout=options["idle-timeout"],
+        maxLifetime=options["max-conn-lifetime"],
+        maxConnections=options["max-connections"],
+        maxPerAddress=options["max-connections-per-ip"],
+    )
+    listeners = []
     for description, endpoint in endpoints:
-        _ListeningService(
+        listener = _ListeningService(
             description,
-            MtlsServerEndpoint(context, endpoint, options["handshake-timeout"]),
+            MtlsServerEndpoint(
+                context, endpoint, limits, quietRejections=options["quiet"] is not None
+            ),
             appFactory,
             suggestConnect if not options["cert"] else lambda port: None,
+        )
+        listener.setServiceParent(service)
+        listeners.append(listener)
+    if options["metrics"]:
+        try:
+            metricsEndpoint = serverFromString(reactor, options["metrics"])
+        except Exception as e:
+            raise SystemExit(f"mtlsd: --metrics {options['metrics']}: {e}") from None
+        _ListeningService(
+            options["metrics"],
+            metricsEndpoint,
+            metricsSite(service.metrics, lambda: all(each.listening for each in listeners)),
         ).setServiceParent(service)
     return service
+
+
+class _DaemonService(MultiService):
+    """
+    The daemon: its listeners, reloader and drain, plus its log output
+    (text or JSON, installed as the application's log observer, which twistd
+    uses unless given C{--logger}) and its metrics, fed by the log events.
+    """
+
+    def __init__(self, options: Options, metrics: Metrics) -> None:
+        super().__init__()
+        self.options = options
+        self.metrics = metrics
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        twistd = getattr(self.options, "parent", None)
+        if twistd is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(
+                ILogObserver,
+                logObserver(
+                    self.options["log-format"],
+                    twistd.get("logfile", ""),
+                    twistd.get("nodaemon", False),
+                ),
+            )
+
+    def startService(self) -> None:
+        globalLogPublisher.addObserver(self.metrics)
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        stopping = super().stopService()
+
+        def stopCounting(result: object) -> object:
+            globalLogPublisher.removeObserver(self.metrics)
+            return result
+
+        if stopping is None:
+            stopCounting(None)
+            return None
+        return stopping.addBoth(stopCounting)  # type: ignore[no-any-return]
+
+
+class _Drain(Service):
+    """
+    At shutdown (SIGTERM), once the listeners have stopped, gives live
+    connections C{timeout} seconds to finish, then cuts the rest.
+    """
+
+    def __init__(self, context: ServerContext, clock: Any, timeout: float) -> None:
+        self._context = context
+        self._clock = clock
+        self._timeout = timeout
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if not self._context.sessions:
+            return None
+        log.info(
+            "shutting down: waiting up to {timeout}s for {count} connections",
+            mtlsdEvent="draining",
+            timeout=self._timeout,
+            count=len(self._context.sessions),
+        )
+        drained = self._context.whenDrained()
+
+        def cutTheRest() -> None:
+            count = len(self._context.sessions)
+            log.info(
+                "drain timeout: cutting {count} connections",
+                mtlsdEvent="drain-timeout",
+                count=count,
+            )
+            for session in list(self._context.sessions):
+                session.cut("shutdown")
+
+        timer = self._clock.callLater(self._timeout, cutTheRest)
+        return drained.addBoth(lambda result: timer.active() and timer.cancel())

@@ -32,6 +32,14 @@ class TLSTransport(BufferingTLSTransport):
     """
 
     _peerClosed = False
+    rawBytesIn = 0
+    """
+    Bytes received from the network, before decryption.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.rawBytesIn += len(data)
+        super().dataReceived(data)
 
     def _shutdownTLS(self) -> None:
         self._aggregator.flush()

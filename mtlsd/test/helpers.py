@@ -20,7 +20,7 @@ from zope.interface import directlyProvides, implementer
 from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
 from mtlsd._context import ServerContext, ServerTLSSettings
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
-from mtlsd._server import mtlsServerFactory
+from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd._tls import TLSFactory
 
 CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 40001)
@@ -127,6 +127,8 @@ class Connection:
         clientProtocol: Any = None,
         appFactory: Any = None,
         greet: bool = True,
+        limits: ConnectionLimits | None = None,
+        quietRejections: bool = False,
     ) -> None:
         """
         @param appFactory: ALPN protocols the application factory
@@ -147,8 +149,9 @@ class Connection:
         serverFactory = mtlsServerFactory(
             server,
             app,
-            handshakeTimeout=handshakeTimeout,
+            limits=limits or ConnectionLimits(handshakeTimeout=handshakeTimeout),
             clock=self.clock,
+            quietRejections=quietRejections,
         )
         clientApp: Any = Factory.forProtocol(lambda: self.client)
         clientFactory = TLSMemoryBIOFactory(client, True, clientApp, clock=self.clock)
@@ -156,14 +159,15 @@ class Connection:
             clientFactory = TLSFactory(
                 client, True, _ClientGateFactory(client, clientApp), clock=self.clock
             )
+        clientAddress = CLIENT_ADDRESS  # read now: tests may patch it
         self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(
-            lambda: serverFactory.buildProtocol(CLIENT_ADDRESS),
+            lambda: serverFactory.buildProtocol(clientAddress),
             lambda: clientFactory.buildProtocol(SERVER_ADDRESS),
             clientTransportFactory=lambda p: FakeTransport(
-                p, True, peerAddress=SERVER_ADDRESS, hostAddress=CLIENT_ADDRESS
+                p, True, peerAddress=SERVER_ADDRESS, hostAddress=clientAddress
             ),
             serverTransportFactory=lambda p: FakeTransport(
-                p, False, peerAddress=CLIENT_ADDRESS, hostAddress=SERVER_ADDRESS
+                p, False, peerAddress=clientAddress, hostAddress=SERVER_ADDRESS
             ),
             clock=self.clock,
             greet=greet,

@@ -19,7 +19,7 @@ from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH
 from mtlsd._reasons import verifyErrorText
-from mtlsd._server import mtlsServerFactory
+from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd.test.helpers import (
     CLIENT_ADDRESS,
     Connection,
@@ -405,7 +405,7 @@ class RejectTests(_LoggingTestCase):
         factory = mtlsServerFactory(
             serverContext(self.server, [self.trusted.certificate]),
             Factory.forProtocol(self.buildRecorder),
-            handshakeTimeout=5,
+            limits=ConnectionLimits(handshakeTimeout=5),
             clock=clock or Clock(),
         )
         protocol = factory.buildProtocol(CLIENT_ADDRESS)

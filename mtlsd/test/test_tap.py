@@ -72,6 +72,51 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(parse("--forward", backend)["forward"], backend)
         parse("--forward", "tcp:10.0.0.5:80", "--unsafe-backend")
 
+    def test_configFile(self) -> None:
+        """
+        C{--config FILE} gives the options; the command line overrides it,
+        a repeatable option given there replacing the file's list; an
+        unknown key is an error naming it.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                'port = 8443\ncert = "s.pem"\nclient-certs = ["a.pem", "b.pem"]\n'
+                'crl-required = true\nallow-cn = "web"\n'
+            )
+        options = parse("--config", path, "--port", "9000")
+        self.assertEqual(options["port"], 9000)
+        self.assertEqual(options["client-certs"], ["a.pem", "b.pem"])
+        self.assertTrue(options["crl-required"])
+        self.assertEqual(options["allow-cn"], ["web"])
+        options = parse(f"--config={path}", "--client-certs", "c.pem")
+        self.assertEqual((options["port"], options["client-certs"]), (8443, ["c.pem"]))
+        with open(path, "a") as f:
+            f.write("colour = 3\n")
+        error = self.assertRaises(UsageError, parse, "--config", path)
+        self.assertIn("unknown key 'colour'", str(error))
+
+    def test_limitOptions(self) -> None:
+        """
+        Limits, metrics, log format and drain options.
+        """
+        options = parse(
+            "--idle-timeout", "30", "--max-conn-lifetime", "3600", "--max-connections", "100",
+            "--max-connections-per-ip", "5", "--drain-timeout", "10", "--metrics", "tcp:9102",
+            "--log-format", "json", "--quiet", "handshake-errors",
+        )  # fmt: skip
+        self.assertEqual(
+            (options["idle-timeout"], options["max-connections"], options["drain-timeout"]),
+            (30.0, 100, 10.0),
+        )
+        self.assertEqual(parse()["drain-timeout"], 30.0)
+        for argv, fragment in [
+            (["--log-format", "xml"], "--log-format must be text or json"),
+            (["--quiet", "everything"], "--quiet takes handshake-errors"),
+            (["--max-connections", "0"], "--max-connections wants a number"),
+        ]:
+            self.assertIn(fragment, str(self.assertRaises(UsageError, parse, *argv)))
+
     def test_repeatable(self) -> None:
         """
         C{--client-certs} and C{--listen} can be given several times.
