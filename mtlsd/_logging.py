@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import sys
 from typing import IO, Any
 
@@ -86,7 +87,8 @@ def logObserver(
     """
     An observer writing events of C{level} and above where twistd would:
     standard output for C{--logfile=-} or C{-n} without C{--logfile}, else
-    the log file (C{twistd.log} by default), rotated as twistd rotates it.
+    the log file (C{twistd.log} by default), rotated as twistd rotates it
+    (by size, and on SIGUSR1).
 
     @param logFormat: C{text} or C{json}.
     """
@@ -94,6 +96,15 @@ def logObserver(
     if logfile == "-" or (nodaemon and not logfile):
         out = sys.stdout
     else:
-        out = LogFile.fromFullPath(logfile or "twistd.log")
+        logFile = LogFile.fromFullPath(logfile or "twistd.log")
+
+        def rotate(signum: int, frame: object) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
+
+        # As twistd does for its own log file: SIGUSR1 rotates it.
+        signal.signal(signal.SIGUSR1, rotate)
+        out = logFile
     writer: ILogObserver = _JSONLines(out) if logFormat == "json" else textFileLogObserver(out)
     return FilteringLogObserver(writer, [LogLevelFilterPredicate(defaultLogLevel=level)])
