@@ -4,6 +4,7 @@ Tests for L{mtlsd._logging}: JSON lines and where the log goes.
 
 import json
 import os
+import signal
 
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -65,6 +66,7 @@ class ObserverTests(SynchronousTestCase):
         use; debug events are left out.
         """
         path = os.path.abspath(self.mktemp())
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
         observer = logObserver("json", path, nodaemon=False)
         observer(
             {
