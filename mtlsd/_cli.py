@@ -43,6 +43,11 @@ def _clientArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert", help="client certificate PEM (optionally with chain and key)")
     parser.add_argument("--key", help="client private key PEM (default: inside --cert)")
     parser.add_argument(
+        "--key-passphrase-file",
+        metavar="FILE",
+        help="file whose first line is the passphrase of an encrypted key or PKCS#12 --cert",
+    )
+    parser.add_argument(
         "--ca", help="CA certificates, or the server's own certificate, to verify the server"
     )
     parser.add_argument(
@@ -201,7 +206,9 @@ def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
         if not pki.exists():
             raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
         ca = pki.path("ca.crt")
-    return ClientTLSSettings.fromFiles(cert, key, ca, args.tls_min_version)
+    return ClientTLSSettings.fromFiles(
+        cert, key, ca, args.tls_min_version, args.key_passphrase_file
+    )
 
 
 def _connect(args: argparse.Namespace, err: IO[str]) -> int:

@@ -199,7 +199,7 @@ class ServerTLSSettings:
             admits every certificate it issues (no allow-list).
         """
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        found = []
+        found = list(self.fileWarnings)
         server = self.certificate
         if server.not_valid_after_utc < now:
             found.append(

@@ -21,6 +21,7 @@ from zope.interface import implementer
 _SERVER_KEYS = {
     "certKey",
     "privateKey",
+    "keyPassphraseFile",
     "clientCerts",
     "crl",
     "crlCheckChain",
@@ -41,7 +42,16 @@ _SERVER_KEYS = {
     "backlog",
     "endpoint",
 }
-_CLIENT_KEYS = {"host", "port", "certKey", "privateKey", "caCerts", "servername", "tlsMinVersion"}
+_CLIENT_KEYS = {
+    "host",
+    "port",
+    "certKey",
+    "privateKey",
+    "keyPassphraseFile",
+    "caCerts",
+    "servername",
+    "tlsMinVersion",
+}
 
 
 def _check(kind: str, given: dict[str, str], known: set[str], required: tuple[str, ...]) -> None:
@@ -120,6 +130,7 @@ class MtlsServerParser:
         else:
             raise ValueError("mtls: server endpoint needs a port (mtls:8443:...) or endpoint=")
         certificate, key = kwargs["certKey"], kwargs.get("privateKey")
+        passphrase = kwargs.get("keyPassphraseFile")
         clientCertificates, crls = _list(kwargs["clientCerts"]), _list(kwargs.get("crl"))
         try:
             policy = AllowPolicy(
@@ -141,7 +152,7 @@ class MtlsServerParser:
 
             def load() -> ServerTLSSettings:
                 return ServerTLSSettings.fromFiles(
-                    certificate, key, clientCertificates, crls, **options
+                    certificate, key, clientCertificates, crls, passphrase, **options
                 )
 
             context = ServerContext(load())
@@ -150,7 +161,13 @@ class MtlsServerParser:
         reloader = TrustReloader(
             context,
             load,
-            [certificate, *([key] if key else []), *clientCertificates, *crls],
+            [
+                certificate,
+                *([key] if key else []),
+                *([passphrase] if passphrase else []),
+                *clientCertificates,
+                *crls,
+            ],
             reactor,
             float(kwargs.get("reloadInterval", DEFAULT_RELOAD_INTERVAL)),
             _flag(kwargs, "keepLiveSessions"),
@@ -196,6 +213,7 @@ class MtlsClientParser:
                 kwargs.get("privateKey"),
                 kwargs["caCerts"],
                 kwargs.get("tlsMinVersion", "1.2"),
+                kwargs.get("keyPassphraseFile"),
             )
         except ConfigurationError as e:
             raise ValueError(f"mtls: {e}") from None

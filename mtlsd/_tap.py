@@ -107,6 +107,12 @@ class Options(usage.Options):
         ],
         ["key", "k", None, "Server private key PEM (default: the key inside --cert)."],
         [
+            "key-passphrase-file",
+            None,
+            None,
+            "File whose first line is the passphrase of an encrypted --key or PKCS#12 --cert.",
+        ],
+        [
             "pki",
             None,
             DEFAULT_PKI_DIR,
@@ -359,11 +365,11 @@ class Options(usage.Options):
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
             raise usage.UsageError("--interface goes with --port, not --listen.")
-        given = [name for name in ("cert", "key") if self[name]]
+        given = [name for name in ("cert", "key", "key-passphrase-file") if self[name]]
         given += [name for name in ("client-certs", "crl") if self[name]]
         if given and "cert" not in given:
             raise usage.UsageError(
-                "--key, --client-certs and --crl need --cert (or give none of them to"
+                "--key, --key-passphrase-file, --client-certs and --crl need --cert (or give none of them to"
                 " use the development PKI)."
             )
         if given and "client-certs" not in given:
@@ -568,12 +574,15 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     try:
         certificate, key, clientCertificates, crls = _files(options)
 
+        passphrase = options["key-passphrase-file"]
+
         def load() -> ServerTLSSettings:
             return ServerTLSSettings.fromFiles(
                 certificate,
                 key,
                 clientCertificates,
                 crls,
+                passphrase,
                 crlCheckChain=options["crl-check-chain"],
                 crlRequired=options["crl-required"],
                 policy=policy,
@@ -592,7 +601,13 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     TrustReloader(
         context,
         load,
-        [certificate, *([key] if key else []), *clientCertificates, *crls],
+        [
+            certificate,
+            *([key] if key else []),
+            *([passphrase] if passphrase else []),
+            *clientCertificates,
+            *crls,
+        ],
         reactor,  # type: ignore[arg-type]
         options["reload-interval"],
         options["keep-live-sessions"],

@@ -64,6 +64,7 @@ class _Case(SynchronousTestCase):
         """
         with open(self.path(name), "wb") as f:
             f.write(data)
+        os.chmod(self.path(name), 0o600)  # keys are, and no warning about it
 
     def rename(self, name: str, data: bytes) -> None:
         """

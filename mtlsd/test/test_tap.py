@@ -256,6 +256,68 @@ class MakeServiceTests(SynchronousTestCase):
         )
         self.assertIn("--allow-fingerprint 'xyz' is not a SHA-256 fingerprint", str(error.code))
 
+    def test_encryptedKeyAndPKCS12(self) -> None:
+        """
+        An encrypted key with C{--key-passphrase-file}, and a PKCS#12 bundle
+        as C{--cert}, start the daemon; a key readable by others is warned
+        about.
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.serialization import pkcs12
+        from twisted.logger import globalLogPublisher
+        from twisted.test.proto_helpers import EventLoggingObserver
+
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
+        server, client = selfSigned("server"), selfSigned("client")
+        files = {
+            "server.crt": certificatePEM(server.certificate),
+            "server.key": server.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"s3cret"),
+            ),
+            "passphrase": b"s3cret\n",
+            "clients.pem": certificatePEM(client.certificate),
+            "bundle.p12": pkcs12.serialize_key_and_certificates(
+                b"server", server.key, server.certificate, None,
+                serialization.BestAvailableEncryption(b"s3cret"),
+            ),
+        }  # fmt: skip
+        for name, data in files.items():
+            with open(os.path.join(self.dir, name), "wb") as f:
+                f.write(data)
+            os.chmod(os.path.join(self.dir, name), 0o600)
+        os.chmod(os.path.join(self.dir, "server.key"), 0o644)
+        path = lambda name: os.path.join(self.dir, name)  # noqa: E731
+        common = [
+            "--client-certs",
+            path("clients.pem"),
+            "--key-passphrase-file",
+            path("passphrase"),
+        ]
+        self.start(
+            "--cert", path("server.crt"), "--key", path("server.key"), "--port", "1", *common
+        )
+        self.assertTrue(any("chmod 600" in e.get("problem", "") for e in events))
+        self.start("--cert", path("bundle.p12"), "--port", "2", *common)
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            parse(
+                "--cert",
+                path("server.crt"),
+                "--key",
+                path("server.key"),
+                "--client-certs",
+                path("clients.pem"),
+            ),
+            MemoryReactorClock(),
+        )
+        self.assertIn("--key-passphrase-file", str(error.code))
+
     def test_badApp(self) -> None:
         """
         An C{--app} that cannot be loaded, or is not a factory, is refused.
