@@ -509,6 +509,12 @@ def _endpoints(reactor: Any, options: Options) -> list[tuple[str, IStreamServerE
     for description in options["listen"]:
         try:
             endpoints.append((description, serverFromString(reactor, description)))
+        except IndexError:
+            # Twisted's systemd: parser, with no matching inherited socket
+            raise ConfigurationError(
+                f"--listen {description}: no such socket was passed to this process"
+                " (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES, as systemd sets them)."
+            ) from None
         except Exception as e:
             raise ConfigurationError(f"--listen {description}: {e}") from None
     return endpoints
