@@ -41,6 +41,8 @@ _FIELDS = {
     "handshakeDuration": "handshake_duration",
     "error": "error",
     "problem": "problem",
+    "count": "count",
+    "timeout": "timeout",
     "dnsNames": "dns_names",
     "uris": "uris",
     "ipAddresses": "ip_addresses",

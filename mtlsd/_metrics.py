@@ -59,7 +59,11 @@ class Metrics:
             registry=r,
         )
         self.cut = Counter(
-            "mtlsd_connections_cut", "Live connections cut after a reload.", ["reason"], registry=r
+            "mtlsd_connections_cut",
+            "Live connections cut: trust changed (revoked, no longer trusted, not allowed"
+            " by policy) or shutdown.",
+            ["reason"],
+            registry=r,
         )
         self.refused = Counter(
             "mtlsd_connections_refused", "Connections refused by a limit.", ["limit"], registry=r

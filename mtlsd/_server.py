@@ -204,7 +204,7 @@ class _GateProtocol(ProtocolWrapper):
             self._idle.reset(self.factory.limits.idleTimeout)  # type: ignore[arg-type]
 
     def _limitReached(self, limit: str) -> None:
-        self._idle = self._lifetime = None
+        self._cancelTimeout()  # the other limit's timer too
         log.info(
             "timeout {client}: CN={commonName}: {limit}",
             mtlsdEvent="timeout",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import (  # _parse: Twisted's own reading of descriptions
     _parse,
     clientFromString,
@@ -254,7 +254,7 @@ class Options(usage.Options):
         option given there replaces the file's list).
         """
         argv = list(sys.argv[1:] if options is None else options)
-        path, rest = _takeConfig(argv)
+        path, rest = _takeConfig(argv, self.longOpt)
         if path is not None:
             try:
                 fromFile = configArguments(path, self)
@@ -379,20 +379,41 @@ class Options(usage.Options):
             )
 
 
-def _takeConfig(argv: list[str]) -> tuple[str | None, list[str]]:
+def _takeConfig(argv: list[str], longOptions: list[str]) -> tuple[str | None, list[str]]:
     """
-    Find C{--config FILE} (or C{--config=FILE}) in C{argv}.
+    Find C{--config FILE} (or C{--config=FILE}, or an abbreviation getopt
+    would accept) in C{argv}.
 
     @return: the file, if any, and the other arguments.
+    @raise usage.UsageError: if it is given twice.
     """
-    for index, argument in enumerate(argv):
+    names = [option.rstrip("=") for option in longOptions]
+
+    def isConfig(argument: str) -> bool:
+        name = argument[2:].partition("=")[0]
+        return argument.startswith("--") and (
+            name == "config"
+            or bool(name)
+            and [n for n in names if n.startswith(name)] == ["config"]
+        )
+
+    found: str | None = None
+    rest: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
         if argument == "--":
+            rest += [argument, *arguments]
             break
-        if argument == "--config" and index + 1 < len(argv):
-            return argv[index + 1], argv[:index] + argv[index + 2 :]
-        if argument.startswith("--config="):
-            return argument.split("=", 1)[1], argv[:index] + argv[index + 1 :]
-    return None, argv
+        if not isConfig(argument):
+            rest.append(argument)
+            continue
+        if found is not None:
+            raise usage.UsageError("--config was given twice.")
+        _, equals, value = argument.partition("=")
+        found = value if equals else next(arguments, None)
+        if found is None:
+            raise usage.UsageError("--config needs a file name.")
+    return found, rest
 
 
 _REPEATABLE = (
@@ -648,11 +669,11 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             metricsEndpoint = serverFromString(reactor, options["metrics"])
         except Exception as e:
             raise SystemExit(f"mtlsd: --metrics {options['metrics']}: {e}") from None
-        _ListeningService(
+        service.metricsService = _ListeningService(
             options["metrics"],
             metricsEndpoint,
             metricsSite(service.metrics, lambda: all(each.listening for each in listeners)),
-        ).setServiceParent(service)
+        )
     return service
 
 
@@ -667,11 +688,13 @@ class _DaemonService(MultiService):
         super().__init__()
         self.options = options
         self.metrics = metrics
+        # Not a child: it stops only after the drain, to be watched during it.
+        self.metricsService: IService | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         twistd = getattr(self.options, "parent", None)
-        if twistd is not None and hasattr(parent, "setComponent"):
+        if twistd is not None and hasattr(parent, "setComponent") and not twistd.get("syslog"):
             parent.setComponent(
                 ILogObserver,
                 logObserver(
@@ -684,18 +707,19 @@ class _DaemonService(MultiService):
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.metrics)
         super().startService()
+        if self.metricsService is not None:
+            self.metricsService.startService()
 
-    def stopService(self) -> Deferred[None] | None:
-        stopping = super().stopService()
+    def stopService(self) -> Deferred[None]:
+        stopping = maybeDeferred(super().stopService)
 
-        def stopCounting(result: object) -> object:
+        def stopMetrics(result: object) -> object:
             globalLogPublisher.removeObserver(self.metrics)
-            return result
-
-        if stopping is None:
-            stopCounting(None)
+            if self.metricsService is not None:
+                return self.metricsService.stopService()
             return None
-        return stopping.addBoth(stopCounting)  # type: ignore[no-any-return]
+
+        return stopping.addBoth(stopMetrics)
 
 
 class _Drain(Service):

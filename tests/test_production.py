@@ -157,6 +157,32 @@ class DrainTests(DaemonTestMixin, SynchronousTestCase):
         self.assertIn("Main loop terminated.", daemon.log())
         self.assertIn(f"in={len(payload)} out={len(payload)}", daemon.log())
 
+    def test_cutAfterDrainTimeout(self) -> None:
+        """
+        A connection still open when the drain timeout ends is cut, and the
+        log says how many; during the drain C{/healthz} still answers, 503
+        since the listener is down.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(
+            directory, "--drain-timeout", "1", "--metrics", "tcp:0:interface=127.0.0.1"
+        )
+        metricsPort = daemon.waitForListening(pattern=r"Site starting on (\d+)")
+        daemon.waitForListening()
+        pki = os.path.join(directory, "mtlsd-pki")
+        sock = tlsClient(daemon.port, os.path.join(pki, "client.crt"), os.path.join(pki, "client.key"),
+                         os.path.join(pki, "ca.crt"), "localhost")  # fmt: skip
+        self.addCleanup(sock.close)
+        sock.sendall(b"hi")
+        self.assertEqual(receiveExactly(sock, 2), b"hi")
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.waitForLog("shutting down: waiting up to 1.0s for 1 connections")
+        status, body = get(metricsPort, "/healthz")
+        self.assertEqual((status, json.loads(body)["problems"]), (503, ["not listening"]))
+        daemon.waitForLog("drain timeout: cutting 1 connections")
+        self.assertIn(daemon.process.wait(DEADLINE), (0, -signal.SIGTERM))
+        self.assertRaises((OSError, AssertionError), receiveExactly, sock, 1)
+
 
 class SecretsTests(DaemonTestMixin, SynchronousTestCase):
     def test_noKeyMaterialInLogs(self) -> None:

@@ -118,6 +118,19 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(timeout["limit"], "max-conn-lifetime")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_bothTimeouts(self) -> None:
+        """
+        With an idle timeout and a lifetime, the first to fire closes the
+        connection and the other timer goes with it.
+        """
+        c = self.connect(ConnectionLimits(idleTimeout=10, maxLifetime=100))
+        self.clock.advance(11)
+        c.flush()
+        self.assertIsNotNone(c.app.lost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual([e["limit"] for e in self.mtlsdEvents("timeout")], ["idle-timeout"])
+
     def test_metricsCount(self) -> None:
         """
         Accepted, active, closed with bytes, and rejected by reason.

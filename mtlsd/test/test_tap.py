@@ -91,6 +91,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["allow-cn"], ["web"])
         options = parse(f"--config={path}", "--client-certs", "c.pem")
         self.assertEqual((options["port"], options["client-certs"]), (8443, ["c.pem"]))
+        self.assertEqual(parse("--conf", path)["port"], 8443)  # getopt's abbreviation
+        self.assertIn(
+            "twice", str(self.assertRaises(UsageError, parse, "--config", path, "--config", path))
+        )
         with open(path, "a") as f:
             f.write("colour = 3\n")
         error = self.assertRaises(UsageError, parse, "--config", path)
