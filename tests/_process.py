@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
@@ -210,7 +211,38 @@ def tlsClient(port: int, certificate: str, key: str, caFile: str, serverName: st
     return context.wrap_socket(raw, server_hostname=serverName)
 
 
-class Daemon:
+class _Process:
+    """
+    A child process whose output goes to C{logPath}; subclasses start it
+    and set C{process} and C{_logFile}.
+    """
+
+    process: subprocess.Popen[bytes]
+    logPath: str
+    _logFile: IO[bytes]
+
+    def stop(self) -> None:
+        """
+        Terminate the process and wait for it.
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(DEADLINE)
+        self._logFile.close()
+
+    def log(self) -> str:
+        """
+        @return: what the process has written so far.
+        """
+        with open(self.logPath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+class Daemon(_Process):
     """
     One C{twistd -n mtlsd} (or C{twist mtlsd}) process, its output in a
     log file.
@@ -246,26 +278,6 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env={**environment(), **(env or {})},
         )
-
-    def stop(self) -> None:
-        """
-        Terminate the process and wait for it.
-        """
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(DEADLINE)
-        self._logFile.close()
-
-    def log(self) -> str:
-        """
-        @return: what the daemon has logged so far.
-        """
-        with open(self.logPath, encoding="utf-8", errors="replace") as f:
-            return f.read()
 
     def waitForListening(
         self, deadline: float = DEADLINE, pattern: str = r"\(TLS\) starting on (\d+)"
@@ -357,7 +369,7 @@ def repositoryOnPythonPath() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))}
 
 
-class Background:
+class Background(_Process):
     """
     Any other long-running process (a backend, C{mtlsd tunnel}, C{twistd
     web}, C{haproxy}), its standard output and error in one log file.
@@ -372,8 +384,6 @@ class Background:
     ):
         """
         @param env: variables to add to L{environment} for this process.
-        @param command: another command to run instead (then C{args} and
-            C{twist} are not used).
         """
         self.args = list(args)
         self.logPath = logPath
@@ -386,23 +396,6 @@ class Background:
             stderr=subprocess.STDOUT,
             env={**environment(), **(env or {})},
         )
-
-    def stop(self) -> None:
-        """
-        Terminate the process and wait for it.
-        """
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(DEADLINE)
-        self._logFile.close()
-
-    def log(self) -> str:
-        with open(self.logPath, encoding="utf-8", errors="replace") as f:
-            return f.read()
 
     def _checkRunning(self, what: str) -> None:
         if self.process.poll() is not None:
