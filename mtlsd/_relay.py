@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._server import formatAddress
+from ._server import formatAddress, noDelay
 
 log = Logger(namespace="mtlsd")
 
@@ -131,6 +131,8 @@ class _Inbound(_Side):
             outbound.transport.loseConnection()
             return
         self.other = outbound
+        noDelay(outbound.transport)
+        noDelay(self.transport)
         outbound.transport.writeSequence([self.relay.preamble(self.transport), *self._early])
         self._early = []
         self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]

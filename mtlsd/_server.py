@@ -67,6 +67,18 @@ def formatAddress(address: IAddress) -> str:
     return repr(address)
 
 
+def noDelay(transport: object) -> None:
+    """
+    Turn off Nagle's algorithm on the TCP connection under C{transport}
+    (through TLS and PROXY wrappers, which pass the call on), as proxies do:
+    small writes, such as a relayed answer, then leave at once instead of
+    waiting up to 40 ms for the peer's delayed acknowledgement.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        setTcpNoDelay(True)
+
+
 class ConnectionLimits:
     """
     Limits on connections, shared by every listener of a daemon: how many
@@ -185,6 +197,7 @@ class _GateProtocol(ProtocolWrapper):
             self._tls.abortConnection()
             return
         self._admitted = True
+        noDelay(self._tls.transport)
         self._timeout = clock.callLater(limits.handshakeTimeout, self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
