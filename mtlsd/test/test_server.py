@@ -420,7 +420,7 @@ class RejectTests(_LoggingTestCase):
         held back by Nagle's algorithm (the benchmark measured 47 ms to the
         first relayed byte without it).
         """
-        calls = []
+        calls: list[bool] = []
         transport = StringTransportWithDisconnection(peerAddress=CLIENT_ADDRESS)
         transport.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
         factory = mtlsServerFactory(
