@@ -590,3 +590,37 @@ class SharedCertificateTests(_Case):
         self.assertTrue(self.connect(shared).app.made)
         [warning] = self.mtlsdEvents("shared-certificate")
         self.assertIn("server's own certificate", warning["log_format"])
+
+
+class ResumptionTests(_Case):
+    def test_noResumption(self) -> None:
+        """
+        mtlsd never resumes a TLS session (Twisted turns tickets off, and a
+        reload builds a new context anyway): a client offering the session of
+        an earlier connection, before or after a reload, goes through a full
+        handshake and certificate check, so a revoked client cannot resume.
+        """
+        from OpenSSL._util import lib  # SSL_session_reused is not in pyOpenSSL's API
+
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        offering = clientContext(self.alice, [self.ca.certificate])
+        first = Connection(self.context, offering, clock=self.clock)
+        first.flush()
+        session = first.clientConnection.get_session()
+        self.assertIsNotNone(session)
+        connect = offering.clientConnectionForTLS
+
+        def resume(tlsProtocol: Any) -> Any:
+            connection = connect(tlsProtocol)
+            connection.set_session(session)
+            return connection
+
+        offering.clientConnectionForTLS = resume  # type: ignore[method-assign]
+        for reload in (False, True):
+            if reload:
+                self.context.update(self.load())
+            again = Connection(self.context, offering, clock=self.clock)
+            again.flush()
+            self.assertTrue(again.app.made)
+            self.assertFalse(lib.SSL_session_reused(again.clientConnection._ssl), reload)
