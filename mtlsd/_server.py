@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
+from attrs import frozen
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -36,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from ._context import ServerContext
-from ._identity import PeerIdentity, identityFromCertificate
+from ._identity import identityFromCertificate
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
@@ -77,6 +80,23 @@ def noDelay(transport: object) -> None:
     setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
     if setTcpNoDelay is not None:
         setTcpNoDelay(True)
+
+
+@frozen
+class _Peer:
+    """
+    What the logs say of an admitted client.
+    """
+
+    commonName: str | None
+    fingerprint: str
+    serial: int
+
+
+def _commonName(certificate: x509.Certificate) -> str | None:
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    certificate.extensions  # noqa: B018 - parsed now, so a malformed one fails closed here
+    return str(names[0].value) if names else None
 
 
 class ConnectionLimits:
@@ -155,7 +175,7 @@ class _GateProtocol(ProtocolWrapper):
         self._refusal: tuple[str, dict[str, object]] | None = None
         self.peerCertificate: x509.Certificate | None = None
         self.peerChain: tuple[x509.Certificate, ...] = ()
-        self._identity: PeerIdentity | None = None
+        self._identity: _Peer | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -233,7 +253,16 @@ class _GateProtocol(ProtocolWrapper):
         connection = self._tls.getHandle()
         try:
             certificate = connection.get_peer_certificate(as_cryptography=True)
-            identity = identityFromCertificate(certificate)
+            # What the logs need; the full PeerIdentity only for an
+            # allow-list (the application makes its own when it asks).
+            peer = _Peer(
+                _commonName(certificate),
+                certificate.fingerprint(hashes.SHA256()).hex(),
+                certificate.serial_number,
+            )
+            identity = (
+                None if context.settings.policy.isEmpty else identityFromCertificate(certificate)
+            )
         except Exception as e:
             # OpenSSL verified it, but cryptography cannot read it (a malformed
             # extension, say): fail closed.
@@ -249,9 +278,9 @@ class _GateProtocol(ProtocolWrapper):
             # against the settings of its start: decide again.
             reason = context.recheck(certificate, chain)
             if reason is not None:
-                self._refuse(reason, commonName=identity.commonName)
+                self._refuse(reason, commonName=peer.commonName)
                 return
-        if not context.settings.policy.allows(identity):
+        if identity is not None and not context.settings.policy.allows(identity):
             self._refuse(
                 NOT_ALLOWED,
                 commonName=identity.commonName,
@@ -262,7 +291,7 @@ class _GateProtocol(ProtocolWrapper):
                 organizationalUnits=identity.organizationalUnits,
             )
             return
-        self._identity = identity
+        self._identity = peer
         self.peerCertificate, self.peerChain = certificate, chain
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
@@ -270,9 +299,9 @@ class _GateProtocol(ProtocolWrapper):
             "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
             mtlsdEvent="accepted",
             client=self._client,
-            commonName=identity.commonName,
-            fingerprint=identity.fingerprint,
-            serial=f"{identity.serial:x}",
+            commonName=peer.commonName,
+            fingerprint=peer.fingerprint,
+            serial=f"{peer.serial:x}",
             handshakeDuration=clock.seconds() - self._startedAt,
         )
         if limits.idleTimeout is not None:
