@@ -175,7 +175,7 @@ class _GateProtocol(ProtocolWrapper):
         self._refusal: tuple[str, dict[str, object]] | None = None
         self.peerCertificate: x509.Certificate | None = None
         self.peerChain: tuple[x509.Certificate, ...] = ()
-        self._identity: _Peer | None = None
+        self._peer: _Peer | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -242,7 +242,7 @@ class _GateProtocol(ProtocolWrapper):
             "timeout {client}: CN={commonName}: {limit}",
             mtlsdEvent="timeout",
             client=self._client,
-            commonName=self._identity.commonName if self._identity else None,
+            commonName=self._peer.commonName if self._peer else None,
             limit=limit,
         )
         self._tls.abortConnection()
@@ -291,7 +291,7 @@ class _GateProtocol(ProtocolWrapper):
                 organizationalUnits=identity.organizationalUnits,
             )
             return
-        self._identity = peer
+        self._peer = peer
         self.peerCertificate, self.peerChain = certificate, chain
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
@@ -336,13 +336,13 @@ class _GateProtocol(ProtocolWrapper):
         Close this established connection because its peer is no longer
         admitted (see L{ServerContext.revalidate}).
         """
-        assert self._identity is not None
+        assert self._peer is not None
         log.info(
             "cut {client}: CN={commonName} sha256={fingerprint}: {reason}",
             mtlsdEvent="cut",
             client=self._client,
-            commonName=self._identity.commonName,
-            fingerprint=self._identity.fingerprint,
+            commonName=self._peer.commonName,
+            fingerprint=self._peer.fingerprint,
             reason=reason,
         )
         self._tls.abortConnection()
@@ -385,7 +385,7 @@ class _GateProtocol(ProtocolWrapper):
         if not self._admitted:
             return  # refused by a limit, and logged so
         self.factory.limits.release(self._host)
-        if self._identity is None:
+        if self._peer is None:
             self._logRejection(reason)
         else:
             log.info(
@@ -393,7 +393,7 @@ class _GateProtocol(ProtocolWrapper):
                 " duration={duration:.3f}s",
                 mtlsdEvent="closed",
                 client=self._client,
-                commonName=self._identity.commonName,
+                commonName=self._peer.commonName,
                 bytesIn=self.bytesIn,
                 bytesOut=self.bytesOut,
                 duration=self.factory.clock.seconds() - self._startedAt,

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import IO
 
 BIN = os.path.dirname(sys.executable)
@@ -60,24 +61,16 @@ def run(
     @param input: bytes for its standard input (through a pipe).
     @param stdinPath: a file to use as its standard input instead.
     """
-    if stdinPath is not None:
-        with open(stdinPath, "rb") as stdin:
-            return subprocess.run(
-                list(args),
-                cwd=cwd,
-                stdin=stdin,
-                capture_output=True,
-                timeout=timeout,
-                env=environment(),
-            )
-    return subprocess.run(
-        list(args),
-        cwd=cwd,
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        env=environment(),
-    )
+    with open(stdinPath, "rb") if stdinPath is not None else nullcontext() as stdin:
+        return subprocess.run(
+            list(args),
+            cwd=cwd,
+            stdin=stdin,
+            input=None if stdin is not None else input,
+            capture_output=True,
+            timeout=timeout,
+            env=environment(),
+        )
 
 
 def mtlsd(
