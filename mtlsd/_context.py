@@ -41,6 +41,7 @@ _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
 DEFAULT_VERIFY_DEPTH = 4
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 CRL_WARNING_AHEAD = datetime.timedelta(days=1)
+KNOWN_CHAINS = 4096
 
 
 def _positive(instance: object, attribute: object, value: int) -> None:
@@ -410,7 +411,9 @@ class ServerContext:
 
     Each context is built by L{CertificateOptions} with C{trustRoot} made from
     the trusted certificates (so Twisted requires and verifies a client
-    certificate), then completed before any connection uses it:
+    certificate) and session tickets on (TLS 1.3 resumption: each context
+    has ticket keys of its own, so a ticket never outlives the settings that
+    verified its client), then completed before any connection uses it:
      - partial-chain verification, so a CA-issued leaf listed alone is
        trusted as a pin;
      - the CRLs and CRL checking;
@@ -425,7 +428,30 @@ class ServerContext:
         self._recorder = VerifyRecorder()
         self.sessions: set[LiveSession] = set()
         self._drainWaiters: list[Deferred[None]] = []
+        self._chains: dict[x509.Certificate, tuple[x509.Certificate, ...]] = {}
         self.update(settings)
+
+    def rememberChain(
+        self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...]
+    ) -> None:
+        """
+        Note the intermediates a client sent with C{certificate} in a full
+        handshake, for L{chainOf}.  The latest L{KNOWN_CHAINS} are kept.
+        """
+        if chain:
+            self._chains.pop(certificate, None)
+            self._chains[certificate] = chain
+            if len(self._chains) > KNOWN_CHAINS:
+                del self._chains[next(iter(self._chains))]
+
+    def chainOf(self, certificate: x509.Certificate) -> tuple[x509.Certificate, ...]:
+        """
+        @return: the intermediates last sent with C{certificate}, for a
+            resumed session, whose client sends no certificates (the ticket
+            holds the leaf only); without them a later L{revalidate} judges
+            the leaf alone, which fails closed.
+        """
+        return self._chains.get(certificate, ())
 
     def sessionEnded(self, session: LiveSession) -> None:
         """
@@ -462,6 +488,7 @@ class ServerContext:
             privateKey=cast(Any, settings.privateKey),
             certificate=cast(Any, settings.certificate),
             extraCertChain=cast(Any, list(settings.chain)),
+            enableSessionTickets=True,
             trustRoot=trustRootFromCertificates(
                 [Certificate(X509.from_cryptography(c)) for c in settings.trusted]
             ),

@@ -39,6 +39,7 @@ _FIELDS = {
     "bytesOut": "bytes_out",
     "duration": "duration",
     "handshakeDuration": "handshake_duration",
+    "resumed": "resumed",
     "error": "error",
     "problem": "problem",
     "count": "count",

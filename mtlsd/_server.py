@@ -7,6 +7,7 @@ verified, and logs every connection's fate.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from typing import cast
 
@@ -14,6 +15,7 @@ from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -45,10 +47,12 @@ from ._reasons import (
     HANDSHAKE_TIMEOUT,
     NOT_ALLOWED,
     handshakeFailureReason,
+    verifyErrorText,
 )
 from ._tls import TLSFactory
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+_CERT_HAS_EXPIRED = SSL.X509VerificationCodes.ERR_CERT_HAS_EXPIRED
 
 log = Logger(namespace="mtlsd")
 
@@ -268,11 +272,20 @@ class _GateProtocol(ProtocolWrapper):
             # extension, say): fail closed.
             self._refuse(f"unreadable client certificate: {e}")
             return
-        chain = tuple(
-            c
-            for c in connection.get_peer_cert_chain(as_cryptography=True) or ()
-            if c != certificate
-        )
+        sent = connection.get_peer_cert_chain(as_cryptography=True)
+        resumed = sent is None  # OpenSSL: a resumed session's peer sends no certificates
+        if resumed:
+            # The ticket was issued, after a full verification, by the context
+            # this connection uses (a reload makes a new one, whose tickets
+            # are new); only time has passed since.
+            now = datetime.datetime.fromtimestamp(self.factory.clock.seconds(), datetime.UTC)
+            if certificate.not_valid_after_utc < now:
+                self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
+                return
+            chain = context.chainOf(certificate)
+        else:
+            chain = tuple(c for c in sent or () if c != certificate)
+            context.rememberChain(certificate, chain)
         if context.settings is not self._settings:
             # The trust changed during this handshake, which OpenSSL checked
             # against the settings of its start: decide again.
@@ -302,6 +315,7 @@ class _GateProtocol(ProtocolWrapper):
             commonName=peer.commonName,
             fingerprint=peer.fingerprint,
             serial=f"{peer.serial:x}",
+            resumed=resumed,
             handshakeDuration=clock.seconds() - self._startedAt,
         )
         if limits.idleTimeout is not None:

@@ -102,6 +102,30 @@ class _Case(SynchronousTestCase):
         c.flush()
         return c
 
+    def writeCRL(
+        self, *revoked: Credentials, days: float = 30, der: bool = False, lastUpdate: Any = None
+    ) -> None:
+        crl = makeCRL(
+            (self.ca.certificate, self.ca.key), [c.certificate for c in revoked], days, lastUpdate
+        )
+        encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+        self.rename("ca.crl", crl.public_bytes(encoding))
+
+    def intermediateClient(self) -> tuple[Credentials, Credentials]:
+        """
+        A client certificate issued by an intermediate CA of the test CA.
+        """
+        from mtlsd._pki import makeCertificate, newKey
+
+        key = newKey()
+        intermediate = Credentials(
+            makeCertificate("Intermediate", key, (self.ca.certificate, self.ca.key), isCA=True),
+            key,
+        )
+        leafKey = newKey()
+        leaf = makeCertificate("frank", leafKey, (intermediate.certificate, key), usages=())
+        return Credentials(leaf, leafKey, [intermediate.certificate]), intermediate
+
     def mtlsdEvents(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("mtlsdEvent") == name]
 
@@ -331,15 +355,6 @@ class CRLTests(_Case):
         self.crls = ["ca.crl"]
         self.writeCRL()
 
-    def writeCRL(
-        self, *revoked: Credentials, days: float = 30, der: bool = False, lastUpdate: Any = None
-    ) -> None:
-        crl = makeCRL(
-            (self.ca.certificate, self.ca.key), [c.certificate for c in revoked], days, lastUpdate
-        )
-        encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
-        self.rename("ca.crl", crl.public_bytes(encoding))
-
     def test_revokedAtHandshake(self) -> None:
         """
         A revoked client is rejected at the handshake with C{certificate
@@ -469,21 +484,6 @@ class CRLTests(_Case):
         [cut] = self.mtlsdEvents("cut")
         self.assertEqual((cut["commonName"], cut["reason"]), ("frank", "revoked"))
 
-    def intermediateClient(self) -> tuple[Credentials, Credentials]:
-        """
-        A client certificate issued by an intermediate CA of the test CA.
-        """
-        from mtlsd._pki import makeCertificate, newKey
-
-        key = newKey()
-        intermediate = Credentials(
-            makeCertificate("Intermediate", key, (self.ca.certificate, self.ca.key), isCA=True),
-            key,
-        )
-        leafKey = newKey()
-        leaf = makeCertificate("frank", leafKey, (intermediate.certificate, key), usages=())
-        return Credentials(leaf, leafKey, [intermediate.certificate]), intermediate
-
     def test_checkChain(self) -> None:
         """
         With C{crlCheckChain}, a revoked intermediate CA rejects its
@@ -593,22 +593,23 @@ class SharedCertificateTests(_Case):
 
 
 class ResumptionTests(_Case):
-    def test_noResumption(self) -> None:
-        """
-        mtlsd never resumes a TLS session (Twisted turns tickets off, and a
-        reload builds a new context anyway): a client offering the session of
-        an earlier connection, before or after a reload, goes through a full
-        handshake and certificate check, so a revoked client cannot resume.
-        """
-        from OpenSSL._util import lib  # SSL_session_reused is not in pyOpenSSL's API
+    """
+    TLS 1.3 session tickets: a client resumes without a new certificate
+    check only within the context that verified it.  A reload makes a new
+    context with new ticket keys, so a revoked or removed client cannot
+    resume.
+    """
 
-        self.write("clients.pem", self.trust(self.alice))
-        self.start()
-        offering = clientContext(self.alice, [self.ca.certificate])
+    def offerSessions(self, client: Credentials) -> Any:
+        """
+        @return: a client context whose connections offer the session of its
+            first one.
+        """
+        offering = clientContext(client, [self.ca.certificate])
         first = Connection(self.context, offering, clock=self.clock)
         first.flush()
+        self.assertTrue(first.app.made)
         session = first.clientConnection.get_session()
-        self.assertIsNotNone(session)
         connect = offering.clientConnectionForTLS
 
         def resume(tlsProtocol: Any) -> Any:
@@ -617,10 +618,74 @@ class ResumptionTests(_Case):
             return connection
 
         offering.clientConnectionForTLS = resume  # type: ignore[method-assign]
-        for reload in (False, True):
-            if reload:
-                self.context.update(self.load())
-            again = Connection(self.context, offering, clock=self.clock)
-            again.flush()
-            self.assertTrue(again.app.made)
-            self.assertFalse(lib.SSL_session_reused(again.clientConnection._ssl), reload)
+        return offering
+
+    def resumed(self) -> list[bool]:
+        return [e["resumed"] for e in self.mtlsdEvents("accepted")]
+
+    def test_resumedUntilReload(self) -> None:
+        """
+        A client offering its earlier session resumes it (the accepted
+        event says so); after a reload the same offer gets a full handshake.
+        """
+        self.write("clients.pem", self.trust(self.alice, self.bob))
+        self.start()
+        offering = self.offerSessions(self.alice)
+        self.assertLive(Connection(self.context, offering, clock=self.clock))
+        self.write("clients.pem", self.trust(self.alice))
+        self.clock.advance(2)
+        self.assertLive(Connection(self.context, offering, clock=self.clock))
+        self.assertEqual(self.resumed(), [False, True, False])
+
+    def test_revokedCannotResume(self) -> None:
+        """
+        Once a CRL revoking the client is loaded, its earlier session is not
+        resumed: the full handshake rejects it.
+        """
+        self.carol = self.ca.issue("carol")
+        self.crls = ["ca.crl"]
+        self.writeCRL()
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.start()
+        offering = self.offerSessions(self.carol)
+        self.writeCRL(self.carol)
+        self.clock.advance(2)
+        again = Connection(self.context, offering, clock=self.clock)
+        again.flush()
+        self.assertFalse(again.app.made)
+        self.assertEqual(
+            [e["reason"] for e in self.mtlsdEvents("rejected")], ["certificate revoked"]
+        )
+        self.assertEqual(self.resumed(), [False])
+
+    def test_expiredCannotResume(self) -> None:
+        """
+        A session whose client certificate has expired since is refused
+        (OpenSSL checks nothing when it resumes).
+        """
+        self.write("clients.pem", self.trust(self.alice))
+        self.start()
+        offering = self.offerSessions(self.alice)
+        self.clock.advance(self.alice.certificate.not_valid_after_utc.timestamp() + 1)
+        again = Connection(self.context, offering, clock=self.clock)
+        again.flush()
+        self.assertFalse(again.app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "certificate has expired")
+
+    def test_resumedSessionKeepsChain(self) -> None:
+        """
+        A resumed client sends no certificates; its intermediates, known
+        from its full handshake, still let a reload recheck it: it is not
+        cut while it stays trusted.
+        """
+        frank, _ = self.intermediateClient()
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.start()
+        resumed = Connection(self.context, self.offerSessions(frank), clock=self.clock)
+        resumed.flush()
+        self.write("clients.pem", self.trust(self.ca.certificate, self.bob))
+        self.clock.advance(2)
+        self.assertTrue(self.mtlsdEvents("reloaded"))
+        self.assertLive(resumed)
+        self.assertEqual(self.resumed(), [False, True])
