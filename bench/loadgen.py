@@ -2,6 +2,7 @@
 The benchmark's client side (and its fallback backend), one mode per run:
 
     loadgen.py handshakes --port P --n N [--data]   full mTLS handshakes, N connections
+    loadgen.py handshakes ... --resume              the same, resuming one earlier session
     loadgen.py bulk --port P --bytes B              one connection echoing B bytes
     loadgen.py latency --port P --count C           C round trips of 64 bytes
     loadgen.py hold --port P --n N                  open N connections, hold until stdin closes
@@ -32,7 +33,7 @@ SERVER_NAME = "localhost"
 def clientContext(args: argparse.Namespace) -> ssl.SSLContext:
     """
     A TLS 1.3 client context that verifies the server and presents the client
-    certificate.  No session is ever reused: every handshake is a full one.
+    certificate.  A session is reused only where a mode passes one.
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.ca)
     ctx.load_cert_chain(args.cert, args.key)
@@ -40,11 +41,13 @@ def clientContext(args: argparse.Namespace) -> ssl.SSLContext:
     return ctx
 
 
-def connect(ctx: ssl.SSLContext, port: int, timeout: float) -> ssl.SSLSocket:
+def connect(
+    ctx: ssl.SSLContext, port: int, timeout: float, session: ssl.SSLSession | None = None
+) -> ssl.SSLSocket:
     raw = socket.create_connection((HOST, port), timeout=timeout)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        return ctx.wrap_socket(raw, server_hostname=SERVER_NAME)
+        return ctx.wrap_socket(raw, server_hostname=SERVER_NAME, session=session)
     except BaseException:
         raw.close()
         raise
@@ -78,22 +81,44 @@ def closeCleanly(sock: ssl.SSLSocket) -> str:
         sock.close()
 
 
-def oneConnection(ctx: ssl.SSLContext, port: int, data: bool, timeout: float) -> tuple[str, float]:
+def oneConnection(
+    ctx: ssl.SSLContext,
+    port: int,
+    data: bool,
+    timeout: float,
+    session: ssl.SSLSession | None = None,
+) -> tuple[str, float, bool]:
     """
-    One full connection.  Returns how it closed and how long it took from
-    connect() to the handshake's end (or, with C{data}, to the echoed byte).
+    One connection, offering C{session} if given.  Returns how it closed, how
+    long it took from connect() to the handshake's end (or, with C{data}, to
+    the echoed byte), and whether the session was resumed.
     """
     start = time.perf_counter()
-    sock = connect(ctx, port, timeout)
+    sock = connect(ctx, port, timeout, session)
     try:
         if data:
             sock.sendall(b"x")
             if recvExactly(sock, 1) != b"x":
                 raise ValueError("echo mismatch")
         setup = time.perf_counter() - start
-        return closeCleanly(sock), setup
+        reused = sock.session_reused
+        return closeCleanly(sock), setup, reused
     finally:
         sock.close()
+
+
+def ticket(ctx: ssl.SSLContext, port: int, timeout: float) -> ssl.SSLSession | None:
+    """
+    A session to resume, from one full connection that echoes a byte (a TLS
+    1.3 ticket arrives after the handshake, with the first data).
+    """
+    sock = connect(ctx, port, timeout)
+    try:
+        sock.sendall(b"x")
+        recvExactly(sock, 1)
+        return sock.session
+    finally:
+        closeCleanly(sock)
 
 
 def _handshakeWorker(job: tuple[argparse.Namespace, int]) -> dict[str, object]:
@@ -102,19 +127,22 @@ def _handshakeWorker(job: tuple[argparse.Namespace, int]) -> dict[str, object]:
     counts = {"clean": 0, "unclean": 0}
     setups: list[float] = []
     errors: dict[str, int] = {}
+    resumed = 0
     deadline = time.monotonic() + args.time_limit
+    session = ticket(ctx, args.port, args.timeout) if args.resume else None
     for _ in range(n):
         if time.monotonic() > deadline:
             errors["time limit"] = errors.get("time limit", 0) + 1
             break
         try:
-            how, setup = oneConnection(ctx, args.port, args.data, args.timeout)
+            how, setup, reused = oneConnection(ctx, args.port, args.data, args.timeout, session)
             counts[how] += 1
             setups.append(setup)
+            resumed += reused
         except Exception as e:  # counted and reported, not fatal
             key = f"{type(e).__name__}: {e}"[:120]
             errors[key] = errors.get(key, 0) + 1
-    return {"counts": counts, "errors": errors, "setups": setups}
+    return {"counts": counts, "errors": errors, "setups": setups, "resumed": resumed}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -146,6 +174,8 @@ def cmdHandshakes(args: argparse.Namespace) -> dict[str, object]:
         "clean": clean,
         "unclean": unclean,
         "errors": errors,
+        "resumed": sum(int(r["resumed"]) for r in results),  # type: ignore[call-overload]
+        "primed": procs if args.resume else 0,
         "wall": wall,
         "setup_p50_ms": percentile(setups, 50) * 1e3 if setups else None,
     }
@@ -318,6 +348,9 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="handshakes: processes")
     parser.add_argument("--threads", type=int, default=8, help="hold: connecting threads")
     parser.add_argument("--data", action="store_true", help="handshakes: 1-byte echo each")
+    parser.add_argument(
+        "--resume", action="store_true", help="handshakes: resume a session got first"
+    )
     parser.add_argument("--bytes", type=int, default=256 << 20)
     parser.add_argument("--window", type=int, default=4 << 20)
     parser.add_argument("--count", type=int, default=2000)

@@ -439,21 +439,30 @@ def errorNote(errors: dict[str, int]) -> str:
     return f"{sum(errors.values())} failed, e.g. {worst[:80]}"
 
 
-def measureHandshakes(server: Server, settings: Settings, data: bool) -> dict[str, Any]:
+def measureHandshakes(
+    server: Server, settings: Settings, data: bool, resume: bool = False
+) -> dict[str, Any]:
     """
-    Server CPU microseconds per completed connection over a batch.
+    Server CPU microseconds per completed connection over a batch (with
+    C{resume}, each client process first makes one full connection for a
+    ticket, then resumes that session in every connection of the batch).
     """
     before = cpuSeconds(server.pid)
     extra = ["--n", str(settings.handshakes), "--procs", str(settings.procs)]
-    result = loadgen(server, settings, "handshakes", *extra, *(["--data"] if data else []))
+    extra += ["--data"] if data else []
+    extra += ["--resume"] if resume else []
+    result = loadgen(server, settings, "handshakes", *extra)
     settle()
     used = cpuSeconds(server.pid) - before
     if result["ok"] == 0:
         raise RuntimeError(errorNote(result["errors"]) or "no connection completed")
+    note = errorNote(result["errors"])
+    if resume and result["resumed"] != result["ok"]:
+        note = f"{result['resumed']} of {result['ok']} resumed" + (f"; {note}" if note else "")
     return {
-        "us": used / result["ok"] * 1e6,
+        "us": used / (result["ok"] + result["primed"]) * 1e6,
         "setup": result["setup_p50_ms"],
-        "note": errorNote(result["errors"]),
+        "note": note,
     }
 
 
@@ -654,6 +663,11 @@ def record(
     log(f"  {impl}: {shown}")
 
 
+def ownRatio(a: Metric, b: Metric, impl: str) -> float | None:
+    x, y = a.median(impl), b.median(impl)
+    return x / y if x is not None and y else None
+
+
 def ready(server: Server) -> bool:
     """
     Whether C{server} runs, restarting it once if it died.
@@ -684,6 +698,10 @@ def oneRound(
         record(metrics, impl, {"us": "hsRsa"}, partial(measureHandshakes, rsa, settings, False))
     if not ready(server):
         return
+    resumed = partial(measureHandshakes, server, settings, False, True)
+    record(metrics, impl, {"us": "hsResumed"}, resumed)
+    if not ready(server):
+        return
     usable = {"us": "usable", "setup": "setup"}
     record(metrics, impl, usable, partial(measureHandshakes, server, settings, True))
     if not ready(server):
@@ -700,6 +718,7 @@ def makeMetrics(settings: Settings) -> dict[str, Metric]:
     metrics = [
         Metric("hs", "Full handshake, TLS 1.3, ECDSA P-256: server CPU µs ↓", 0),
         Metric("hsRsa", "Full handshake, TLS 1.3, RSA-2048: server CPU µs ↓", 0),
+        Metric("hsResumed", "Resumed handshake (TLS 1.3 ticket), ECDSA: server CPU µs ↓", 0),
         Metric("usable", "Usable connection (handshake + 1 B echo + close): server CPU µs ↓", 0),
         Metric("setup", "Usable connection: connect to echoed byte, p50 ms ↓", 1),
         Metric(
@@ -928,6 +947,15 @@ def main() -> int:
         for m in metrics.values():
             cells = " | ".join(m.cell(i) for i in IMPLS)
             lines.append(f"| {m.title} | {cells} | {m.ratio()} |")
+        lines += [
+            "",
+            "Resumed / full handshake CPU, each server against itself: "
+            + ", ".join(
+                f"{TITLES[i]} {r:.2f}"
+                for i in IMPLS
+                if (r := ownRatio(metrics["hsResumed"], metrics["hs"], i)) is not None
+            ),
+        ]
         print("\n".join(lines), flush=True)
         if args.json:
             raw = {

@@ -40,6 +40,8 @@ _FIELDS = {
     "duration": "duration",
     "handshakeDuration": "handshake_duration",
     "resumed": "resumed",
+    "mtlsdWorker": "worker",
+    "pid": "pid",
     "error": "error",
     "problem": "problem",
     "count": "count",

@@ -105,7 +105,10 @@ class Metrics:
             self.observeSettings(settings())
 
     def __call__(self, event: dict[str, Any]) -> None:
-        count = self._counters.get(event.get("mtlsdEvent", ""))
+        name = event.get("mtlsdEvent", "")
+        if "mtlsdWorker" in event and name in ("reloaded", "reload-failed"):
+            return  # each worker reloads the trust this process reloads and counts
+        count = self._counters.get(name)
         if count is not None:
             count(event)
 

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -46,6 +46,7 @@ from ._proxyheader import headerMaker
 from ._relay import RelayFactory
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
+from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 DEFAULT_PORT = 8082
 
@@ -197,6 +198,14 @@ class Options(usage.Options):
             _number("drain-timeout", float, 0),
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes accepting connections on the same sockets (default 1; a main process"
+            " starts and supervises them).",
+            _number("workers", int, 1, 256),
+        ],
+        [
             "metrics",
             None,
             None,
@@ -254,6 +263,7 @@ class Options(usage.Options):
         option given there replaces the file's list).
         """
         argv = list(sys.argv[1:] if options is None else options)
+        self.arguments = list(argv)  # for --workers: each worker is given the same
         path, rest = _takeConfig(argv, self.longOpt)
         if path is not None:
             try:
@@ -520,14 +530,25 @@ def _allInterfaces() -> str:
     return "::" if dualStack else "0.0.0.0"
 
 
-def _endpoints(reactor: Any, options: Options) -> list[tuple[str, IStreamServerEndpoint]]:
-    if not options["listen"]:
-        port = DEFAULT_PORT if options["port"] is None else options["port"]
-        interface = options["interface"] or _allInterfaces()
-        description = f"tcp:{port}:interface={quoteStringArgument(interface)}"
-        return [(description, serverFromString(reactor, description))]
+def _descriptions(options: Options) -> list[str]:
+    """
+    The plain server endpoints to listen on: C{--listen}'s, or the one of
+    C{--port} and C{--interface}.
+    """
+    if options["listen"]:
+        return list(options["listen"])
+    port = DEFAULT_PORT if options["port"] is None else options["port"]
+    interface = options["interface"] or _allInterfaces()
+    return [f"tcp:{port}:interface={quoteStringArgument(interface)}"]
+
+
+def _endpoints(
+    reactor: Any, options: Options, role: WorkerRole | None
+) -> list[tuple[str, IStreamServerEndpoint]]:
+    if role is not None:
+        return role.endpoints(reactor, _descriptions(options))
     endpoints = []
-    for description in options["listen"]:
+    for description in _descriptions(options):
         try:
             endpoints.append((description, serverFromString(reactor, description)))
         except IndexError:
@@ -539,6 +560,14 @@ def _endpoints(reactor: Any, options: Options) -> list[tuple[str, IStreamServerE
         except Exception as e:
             raise ConfigurationError(f"--listen {description}: {e}") from None
     return endpoints
+
+
+def _pause(port: IListeningPort) -> None:
+    """
+    Keep a listening socket open without accepting on it (the main process
+    of C{--workers}: its workers accept).
+    """
+    port.stopReading()  # type: ignore[attr-defined]
 
 
 class _ListeningService(Service):
@@ -573,6 +602,13 @@ class _ListeningService(Service):
             )
         self._port = outcome[0]
         self._onListening(self._port)
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """
+        The listening port, while running.
+        """
+        return self._port
 
     @property
     def listening(self) -> bool:
@@ -620,11 +656,13 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         policy = options.policy()
         settings = load()
         appFactory = _appFactory(options, reactor)
-        endpoints = _endpoints(reactor, options)
+        role = WorkerRole.fromEnvironment()
+        endpoints = _endpoints(reactor, options, role)
     except ConfigurationError as e:
         raise SystemExit(f"mtlsd: {e}") from None
     context = ServerContext(settings)
-    service = _DaemonService(options, Metrics(lambda: context.settings))
+    service = _DaemonService(options, Metrics(lambda: context.settings), role)
+    supervising = role is None and options["workers"] > 1
     TrustReloader(
         context,
         load,
@@ -641,9 +679,12 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     ).setServiceParent(service)
     _Drain(context, reactor, options["drain-timeout"]).setServiceParent(service)
 
-    def suggestConnect(port: IListeningPort) -> None:
-        where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]
-        log.info("try: {command}", command=_connectCommand(options, where))
+    def onListening(port: IListeningPort) -> None:
+        if supervising:
+            _pause(port)
+        if role is None and not options["cert"]:
+            where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]
+            log.info("try: {command}", command=_connectCommand(options, where))
 
     limits = ConnectionLimits(
         handshakeTimeout=options["handshake-timeout"],
@@ -660,11 +701,24 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
                 context, endpoint, limits, quietRejections=options["quiet"] is not None
             ),
             appFactory,
-            suggestConnect if not options["cert"] else lambda port: None,
+            onListening,
         )
         listener.setServiceParent(service)
         listeners.append(listener)
-    if options["metrics"]:
+    healthy = lambda: all(each.listening for each in listeners)  # noqa: E731
+    if supervising:
+        pool = WorkerPool(
+            reactor,
+            options["workers"],
+            options.arguments,
+            lambda: [cast(IListeningPort, each.port) for each in listeners],
+            globalLogPublisher,
+        )
+        pool.setServiceParent(service)
+        healthy = lambda: all(each.listening for each in listeners) and pool.allRunning  # noqa: E731
+    if role is not None:
+        WatchMainProcess().setServiceParent(service)
+    elif options["metrics"]:
         try:
             metricsEndpoint = serverFromString(reactor, options["metrics"])
         except Exception as e:
@@ -672,7 +726,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         service.metricsService = _ListeningService(
             options["metrics"],
             metricsEndpoint,
-            metricsSite(service.metrics, lambda: all(each.listening for each in listeners)),
+            metricsSite(service.metrics, healthy),
         )
     return service
 
@@ -684,10 +738,11 @@ class _DaemonService(MultiService):
     uses unless given C{--logger}) and its metrics, fed by the log events.
     """
 
-    def __init__(self, options: Options, metrics: Metrics) -> None:
+    def __init__(self, options: Options, metrics: Metrics, role: WorkerRole | None = None) -> None:
         super().__init__()
         self.options = options
         self.metrics = metrics
+        self.role = role
         # Not a child: it stops only after the drain, to be watched during it.
         self.metricsService: IService | None = None
 
@@ -697,7 +752,9 @@ class _DaemonService(MultiService):
         if twistd is not None and hasattr(parent, "setComponent") and not twistd.get("syslog"):
             parent.setComponent(
                 ILogObserver,
-                logObserver(
+                self.role.logObserver()
+                if self.role is not None
+                else logObserver(
                     self.options["log-format"],
                     twistd.get("logfile", ""),
                     twistd.get("nodaemon", False),
