@@ -77,7 +77,8 @@ class WorkerRoleTests(SynchronousTestCase):
         read the PROXY header; a count mismatch is a configuration error.
         """
         role = WorkerRole(1, ((4, socket.AF_INET), (5, socket.AF_INET)))
-        [(plain, tcp), (proxied, wrapped)] = role.endpoints(Clock(), ["tcp:1", "haproxy:tcp:2"])
+        endpoints: Any = role.endpoints(Clock(), ["tcp:1", "haproxy:tcp:2"])
+        [(plain, tcp), (proxied, wrapped)] = endpoints
         self.assertEqual((plain, proxied), ("tcp:1 (worker 1)", "haproxy:tcp:2 (worker 1)"))
         self.assertEqual((tcp.fileno, tcp.addressFamily), (4, socket.AF_INET))
         self.assertEqual(type(wrapped).__name__, "_WrapperServerEndpoint")
@@ -90,8 +91,9 @@ class WorkerPoolTests(SynchronousTestCase):
         self.events: list[dict[str, Any]] = []
         self.ports = [_Port(17, socket.AF_INET6)]
         self.addCleanup(self.ports[0].socket.close)
-        self.pool = WorkerPool(self.reactor, 2, ["--port", "0"], lambda: self.ports,
-                               self.events.append)  # fmt: skip
+        ports: Any = lambda: self.ports  # noqa: E731
+        publish: Any = self.events.append
+        self.pool = WorkerPool(self.reactor, 2, ["--port", "0"], ports, publish)
         self.pool.startService()
         self.addCleanup(lambda: self.pool.running and self.pool.stopService())
 
