@@ -320,6 +320,7 @@ class Server:
     work: Path
     backendPort: int
     pin: list[str]
+    workers: int = 1
     proc: subprocess.Popen[Any] | None = None
     port: int = 0
     starts: int = 0
@@ -340,6 +341,7 @@ class Server:
                 "--client-certs", str(p.ca),
                 "--forward", f"tcp:{HOST}:{self.backendPort}",
                 "--reload-interval", "0",
+                *(["--workers", str(self.workers)] if self.workers > 1 else []),
             ]  # fmt: skip
         if self.impl == "stunnel":
             cfg = self.work / f"stunnel-{self.label}.conf"
@@ -411,13 +413,21 @@ class Settings:
     bulkBytes: int
     latencyCount: int
     idleConnections: int
+    manyConnections: int
     clientPin: list[str]
     procs: int = 2
 
 
-def loadgen(server: Server, settings: Settings, mode: str, *extra: str, limit: float = 300) -> Any:
+def loadgen(
+    server: Server,
+    settings: Settings,
+    mode: str,
+    *extra: str,
+    limit: float = 300,
+    pin: list[str] | None = None,
+) -> Any:
     p = server.pki
-    cmd = settings.clientPin + [
+    cmd = (settings.clientPin if pin is None else pin) + [
         sys.executable, str(LOADGEN), mode, "--port", str(server.port),
         "--ca", str(p.ca), "--cert", str(p.clientCert), "--key", str(p.clientKey),
         "--time-limit", str(limit), *extra,
@@ -466,6 +476,18 @@ def measureHandshakes(
     }
 
 
+def measureMachineWide(server: Server, settings: Settings) -> dict[str, Any]:
+    """
+    Usable connections per second with nothing pinned: the server (all its
+    processes or threads) and four client processes share every CPU.
+    """
+    extra = ["--n", str(settings.handshakes * 2), "--procs", "4", "--data"]
+    result = loadgen(server, settings, "handshakes", *extra, pin=[])
+    if result["ok"] == 0:
+        raise RuntimeError(errorNote(result["errors"]) or "no connection completed")
+    return {"cps": result["ok"] / result["wall"], "note": errorNote(result["errors"])}
+
+
 def measureBulk(server: Server, settings: Settings) -> dict[str, Any]:
     before = cpuSeconds(server.pid)
     result = loadgen(server, settings, "bulk", "--bytes", str(settings.bulkBytes), limit=600)
@@ -485,11 +507,13 @@ def measureLatency(server: Server, settings: Settings) -> dict[str, Any]:
     return {"p50": result["p50_us"], "p99": result["p99_us"]}
 
 
-def measureMemory(server: Server, settings: Settings) -> dict[str, Any]:
+def measureMemory(server: Server, settings: Settings, count: int = 0) -> dict[str, Any]:
     """
     A fresh server: RSS after one warm-up connection, RSS while the load
-    generator holds C{idleConnections} idle connections, RSS after they close.
+    generator holds C{count} (default C{idleConnections}) idle connections,
+    RSS after they close.
     """
+    count = count or settings.idleConnections
     server.start()
     try:
         loadgen(server, settings, "handshakes", "--n", "1", "--procs", "1", "--data")
@@ -499,19 +523,19 @@ def measureMemory(server: Server, settings: Settings) -> dict[str, Any]:
         holders: list[subprocess.Popen[str]] = []
         held, errors = 0, {}
         try:
-            share = settings.idleConnections // settings.procs
+            share = count // settings.procs
             for i in range(settings.procs):
-                n = share if i else settings.idleConnections - share * (settings.procs - 1)
+                n = share if i else count - share * (settings.procs - 1)
                 cmd = settings.clientPin + [
                     sys.executable, str(LOADGEN), "hold", "--port", str(server.port),
                     "--ca", str(p.ca), "--cert", str(p.clientCert), "--key", str(p.clientKey),
-                    "--n", str(n), "--time-limit", "240",
+                    "--n", str(n), "--time-limit", "600", "--threads", "16",
                 ]  # fmt: skip
                 holders.append(
                     subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 )
             for h in holders:
-                line = readLine(h, 240)
+                line = readLine(h, 600)
                 if not line:
                     raise RuntimeError("load generator (hold) ended early")
                 ready = json.loads(line)
@@ -614,8 +638,9 @@ class Metric:
         values = self.values.get(impl, [])
         errors = self.errors.get(impl, [])
         if not values:
-            reason = errors[0] if errors else "not measured"
-            return f"n/a ({reason[:120]})"
+            if not errors:
+                return "—"
+            return f"n/a ({errors[0][:120]})"
         med = statistics.median(values)
         text = f"{med:,.{self.decimals}f}"
         if len(values) > 1 and med:
@@ -732,7 +757,15 @@ def makeMetrics(settings: Settings) -> dict[str, Metric]:
         Metric("base", "RSS of a fresh server (after 1 connection): MiB ↓", 1),
         Metric("holding", f"RSS holding {idle} idle connections: MiB ↓", 1),
         Metric("afterClose", "RSS after they closed: MiB ↓", 1),
-        Metric("end", "RSS at the end of rows 1-9 (long-running server): MiB ↓", 1),
+        Metric("end", "RSS at the end of the round rows (long-running server): MiB ↓", 1),
+        Metric("many", f"RSS holding {settings.manyConnections:,} idle connections: MiB ↓", 1),
+        Metric(
+            "cps",
+            "Machine-wide usable connections/s, nothing pinned, 4 client processes"
+            " (mtlsd --workers 2) ↑",
+            0,
+        ),
+        Metric("cps1", "The same, mtlsd --workers 1 ↑", 0, compare=False),
     ]
     return {m.key: m for m in metrics}
 
@@ -810,7 +843,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="mtlsd vs stunnel vs HAProxy, mutual TLS")
     parser.add_argument("--quick", action="store_true", help="smaller batches (a few minutes)")
     parser.add_argument(
-        "--rounds", type=int, help="interleaved rounds of rows 1-9 (default: 3, full 5)"
+        "--rounds", type=int, help="interleaved rounds of the round rows (default: 3, full 5)"
     )
     parser.add_argument(
         "--memory-rounds", type=int, help="rounds of the memory rows (default: 1, full 3)"
@@ -854,6 +887,7 @@ def main() -> int:
         bulkBytes=(256 if args.quick else 1024) << 20,
         latencyCount=2000,
         idleConnections=2000,
+        manyConnections=10000,
         clientPin=clientPin,
     )
     metrics = makeMetrics(settings)
@@ -916,6 +950,44 @@ def main() -> int:
                 if not server.error.startswith("did not start"):
                     record(metrics, impl, memory, partial(measureMemory, server, settings))
 
+        log(f"holding {settings.manyConnections:,} connections")
+        for impl in available:
+            server = servers[(impl, "ecdsa")]
+            if not server.error.startswith("did not start"):
+                many = partial(measureMemory, server, settings, settings.manyConnections)
+                record(metrics, impl, {"holding": "many"}, many)
+
+        # Nothing pinned: each server may use both CPUs (mtlsd with two
+        # workers; HAProxy and stunnel with their threads).
+        wide: dict[str, list[Server]] = {}
+        for impl in available:
+            variants = [(2, "cps"), (1, "cps1")] if impl == "mtlsd" else [(1, "cps")]
+            wide[impl] = []
+            for workers, key in variants:
+                server = Server(impl, ecdsa, f"wide{workers}", work, backendPort, [], workers)
+                try:
+                    server.start()
+                except Exception as e:
+                    metrics[key].fail(impl, f"did not start: {e}")
+                    continue
+                wide[impl].append(server)
+                servers[(impl, server.label)] = server
+        for r in range(settings.rounds):
+            log(f"machine-wide round {r + 1}/{settings.rounds}")
+            for impl in available:
+                for server in wide[impl]:
+                    key = "cps" if server.workers > 1 or impl != "mtlsd" else "cps1"
+                    if ready(server):
+                        record(
+                            metrics,
+                            impl,
+                            {"cps": key},
+                            partial(measureMachineWide, server, settings),
+                        )
+        for impl in available:
+            for server in wide[impl]:
+                server.stop()
+
         for impl in IMPLS:
             reason = missing.get(impl) or servers[(impl, "ecdsa")].error
             for m in metrics.values():
@@ -929,7 +1001,8 @@ def main() -> int:
             f"- date: {date}; command: `{command}`; took {elapsed / 60:.1f} min; "
             f"load average at the end {loadAverage()}",
             *machineInfo(pinning, backendName, loadStart),
-            f"- {settings.rounds} rounds of rows 1-9 and {settings.memoryRounds} of rows 10-13, "
+            f"- {settings.rounds} rounds of the round rows (handshakes to latency, and the "
+            f"machine-wide rows) and {settings.memoryRounds} of the memory rows, "
             "interleaved (mtlsd, stunnel, HAProxy, mtlsd, ...); a cell is the median over "
             "rounds, ± half their range; server CPU from /proc/PID/stat "
             f"(1/{CLK_TCK} s ticks)",
