@@ -321,6 +321,7 @@ class Server:
     backendPort: int
     pin: list[str]
     workers: int = 1
+    env: dict[str, str] | None = None  # for the process, instead of this one's
     proc: subprocess.Popen[Any] | None = None
     port: int = 0
     starts: int = 0
@@ -373,6 +374,7 @@ class Server:
                 stdout=logFile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
         finally:
             logFile.close()

@@ -87,3 +87,41 @@ class ObserverTests(SynchronousTestCase):
         with open(path) as f:
             lines = f.read().splitlines()
         self.assertEqual([json.loads(line)["message"] for line in lines], ["kept"])
+
+
+class TextLinesTests(SynchronousTestCase):
+    def test_sameAsTwisted(self) -> None:
+        """
+        The text observer writes exactly what Twisted's
+        L{textFileLogObserver} writes: mtlsd's events (one line or several),
+        an event with a traceback, others with a system or none, and one
+        whose format needs Twisted's formatter (a call).
+        """
+        import io
+        import time
+
+        from twisted.logger import textFileLogObserver
+        from twisted.python.failure import Failure
+
+        from mtlsd._logging import _TextLines
+
+        now = time.time()
+        base = {"log_time": now, "log_namespace": "mtlsd", "log_level": LogLevel.info}
+        failure = Failure(ZeroDivisionError("division by zero"))
+        events = [
+            {**base, "log_format": "accepted {client}: CN={cn}", "client": "a:1", "cn": "x",
+             "mtlsdEvent": "accepted"},
+            {**base, "log_format": "two\nlines {n}", "n": 2, "mtlsdEvent": "warning"},
+            {**base, "log_format": "failed", "mtlsdEvent": "reload-failed", "log_failure": failure},
+            {**base, "log_format": "{f()}", "f": lambda: "called", "mtlsdEvent": "x"},
+            {"log_format": "plain {x}", "x": 1, "log_time": now + 1.5, "log_system": "sys"},
+            {"log_format": "no time"},
+            {"log_time": now},
+        ]  # fmt: skip
+        theirs, ours = io.StringIO(), io.StringIO()
+        twisted, mtlsd = textFileLogObserver(theirs), _TextLines(ours)
+        for event in events:
+            twisted(event)
+            mtlsd(event)
+        self.assertEqual(ours.getvalue(), theirs.getvalue())
+        self.assertIn("called", ours.getvalue())
