@@ -24,6 +24,7 @@ import sys
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -33,10 +34,17 @@ from run import (  # noqa: E402  (bench/ is not a package)
     Settings,
     ecdsaPKI,
     log,
+    measureBulk,
     measureHandshakes,
     startBackend,
     stopProcess,
 )
+
+
+def bulkCPU(server: Server, settings: Settings) -> dict[str, Any]:
+    result = measureBulk(server, settings)
+    return {"us": result["cpuPerGiB"], "note": f"{result['mbps']:.0f} MB/s"}
+
 
 ROWS = {
     "full": ("Full handshake: server CPU µs", partial(measureHandshakes, data=False)),
@@ -45,6 +53,7 @@ ROWS = {
         partial(measureHandshakes, data=False, resume=True),
     ),
     "usable": ("Usable connection: server CPU µs", partial(measureHandshakes, data=True)),
+    "bulk": ("Bulk, 256 MiB each way: server CPU s per GiB", bulkCPU),
 }
 
 
@@ -53,6 +62,9 @@ def main() -> int:
     parser.add_argument("--before", default="HEAD", help="the earlier revision (default HEAD)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--n", type=int, default=300, help="connections per cell and round")
+    parser.add_argument(
+        "--rows", default="full,resumed,usable", help=f"some of {','.join(ROWS)}, comma-separated"
+    )
     args = parser.parse_args()
     repository = BENCH.parent
     cpus = sorted(os.sched_getaffinity(0))
@@ -71,11 +83,12 @@ def main() -> int:
         for label, env in (("before", before), ("after", None)):
             servers[label] = Server("mtlsd", pki, label, work, backendPort, serverPin, env=env)
             servers[label].start()
-        settings = Settings(args.rounds, 0, args.n, 0, 0, 0, 0, clientPin)
+        settings = Settings(args.rounds, 0, args.n, 256 << 20, 0, 0, 0, clientPin)
+        rows = {name: ROWS[name] for name in args.rows.split(",")}
         values: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
             log(f"round {r + 1}/{args.rounds}")
-            for row, (_, measure) in ROWS.items():
+            for row, (_, measure) in rows.items():
                 for label, server in servers.items():
                     result = measure(server, settings)
                     values.setdefault((row, label), []).append(result["us"])
@@ -85,10 +98,10 @@ def main() -> int:
         print(f"## before ({args.before}) / after ({described}), {args.rounds} interleaved rounds "
               f"of {args.n} connections, medians\n")  # fmt: skip
         print("| Metric | before | after | after/before |\n| --- | --- | --- | --- |")
-        for row, (title, _) in ROWS.items():
+        for row, (title, _) in rows.items():
             a = statistics.median(values[(row, "before")])
             b = statistics.median(values[(row, "after")])
-            print(f"| {title} ↓ | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+            print(f"| {title} ↓ | {a:,.2f} | {b:,.2f} | {b / a:.2f} |")
         return 0
     finally:
         for server in servers.values():
