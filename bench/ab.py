@@ -36,6 +36,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     log,
     measureBulk,
     measureHandshakes,
+    measureLatency,
     startBackend,
     stopProcess,
 )
@@ -46,6 +47,10 @@ def bulkCPU(server: Server, settings: Settings) -> dict[str, Any]:
     return {"us": result["cpuPerGiB"], "note": f"{result['mbps']:.0f} MB/s"}
 
 
+def latency(server: Server, settings: Settings) -> dict[str, Any]:
+    return {"us": measureLatency(server, settings)["p50"], "note": ""}
+
+
 ROWS = {
     "full": ("Full handshake: server CPU µs", partial(measureHandshakes, data=False)),
     "resumed": (
@@ -54,6 +59,7 @@ ROWS = {
     ),
     "usable": ("Usable connection: server CPU µs", partial(measureHandshakes, data=True)),
     "bulk": ("Bulk, 256 MiB each way: server CPU s per GiB", bulkCPU),
+    "latency": ("64 B round trip, p50 µs (client side)", latency),
 }
 
 
@@ -83,7 +89,7 @@ def main() -> int:
         for label, env in (("before", before), ("after", None)):
             servers[label] = Server("mtlsd", pki, label, work, backendPort, serverPin, env=env)
             servers[label].start()
-        settings = Settings(args.rounds, 0, args.n, 256 << 20, 0, 0, 0, clientPin)
+        settings = Settings(args.rounds, 0, args.n, 256 << 20, 2000, 0, 0, clientPin)
         rows = {name: ROWS[name] for name in args.rows.split(",")}
         values: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):

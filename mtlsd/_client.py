@@ -288,7 +288,8 @@ class MtlsClientEndpoint:
         Connect, and fire with the application protocol.
         """
         gates = _ClientGateFactory(self._context, protocolFactory)
-        connecting = self._endpoint.connect(TLSFactory(self._context, True, gates))
+        tls = TLSFactory(self._context, True, gates, application=protocolFactory)
+        connecting = self._endpoint.connect(tls)
         return connecting.addCallback(
             lambda tls: (
                 cast(_ClientGate, cast(ProtocolWrapper, tls).wrappedProtocol).wrappedProtocol

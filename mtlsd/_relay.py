@@ -25,9 +25,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from ._server import formatAddress, noDelay
+from ._tls import IWritesInBulk
 
 log = Logger(namespace="mtlsd")
 
@@ -120,6 +121,7 @@ class _Inbound(_Side):
         outbound = _Side()
         outbound.other = self
         factory = Factory.forProtocol(lambda: outbound)
+        directlyProvides(factory, IWritesInBulk)  # the tunnel's outbound side is TLS
         factory.noisy = False
         connecting = self.relay.connectOutbound(factory)
         connecting.addCallbacks(self._connected, self._unavailable)
@@ -155,6 +157,7 @@ class _Inbound(_Side):
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
+@implementer(IWritesInBulk)
 class RelayFactory(Factory):
     """
     Builds the inbound side of a relay for each accepted connection.

@@ -507,7 +507,7 @@ def mtlsServerFactory(
         clock = reactor
     assert clock is not None
     gate = _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)
-    return TLSFactory(context, False, gate, clock=clock)
+    return TLSFactory(context, False, gate, clock=clock, application=appFactory)
 
 
 @implementer(IStreamServerEndpoint)

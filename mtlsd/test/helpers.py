@@ -21,7 +21,7 @@ from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
 from mtlsd._context import ServerContext, ServerTLSSettings
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
-from mtlsd._tls import TLSFactory
+from mtlsd._tls import IWritesInBulk, TLSFactory
 
 CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 40001)
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8082)
@@ -129,8 +129,10 @@ class Connection:
         greet: bool = True,
         limits: ConnectionLimits | None = None,
         quietRejections: bool = False,
+        bulk: bool = False,
     ) -> None:
         """
+        @param bulk: declare the application factory L{IWritesInBulk}.
         @param appFactory: ALPN protocols the application factory
             negotiates, and the client offers.
         @param greet: run the handshake now (else at the first L{flush}).
@@ -146,6 +148,8 @@ class Connection:
         if appFactory is not None:
             app.acceptableProtocols = lambda: appFactory
             directlyProvides(app, IProtocolNegotiationFactory)
+        if bulk:
+            directlyProvides(app, IWritesInBulk)
         serverFactory = mtlsServerFactory(
             server,
             app,

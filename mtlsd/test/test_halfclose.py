@@ -3,6 +3,8 @@ Tests for L{mtlsd._tls}: the peer's close_notify is a half-close for
 half-closeable applications, on the server and on the client.
 """
 
+from typing import Any
+
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
@@ -119,3 +121,26 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(c.app.received, b"bye")
         self.assertIsNotNone(c.app.lost)
         self.assertIsNotNone(c.client.lost)
+
+
+class WriteTests(SynchronousTestCase):
+    def test_bulkWritesAtOnce(self) -> None:
+        """
+        A small write of an application that provides L{IWritesInBulk} (the
+        relay) is encrypted and handed to the socket at once; another
+        application's waits for the next reactor turn, aggregated with the
+        writes of this one (Twisted's buffering TLS transport).
+        """
+        ca = TestCA()
+        for bulk in (False, True):
+            c = Connection(serverContext(ca.server(), [ca.certificate]),
+                           clientContext(ca.issue("alice"), [ca.certificate]), bulk=bulk)  # fmt: skip
+            c.flush()
+            self.assertTrue(c.app.made)
+            socket: Any = c.serverTLS.transport
+            self.assertEqual(socket.stream, [])
+            c.app.transport.write(b"hello")
+            self.assertEqual(socket.stream != [], bulk)
+            c.clock.advance(0)
+            c.flush()
+            self.assertEqual(c.client.received, b"hello")
