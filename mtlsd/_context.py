@@ -15,7 +15,15 @@ from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, X509Store, X509StoreContext, X509StoreContextError, X509StoreFlags
+from OpenSSL.crypto import (
+    FILETYPE_ASN1,
+    X509,
+    X509Store,
+    X509StoreContext,
+    X509StoreContextError,
+    X509StoreFlags,
+    dump_certificate,
+)
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
@@ -42,6 +50,7 @@ DEFAULT_VERIFY_DEPTH = 4
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 CRL_WARNING_AHEAD = datetime.timedelta(days=1)
 KNOWN_CHAINS = 4096
+TICKET_LIMIT = 32 * 1024  # client certificates larger get no session ticket
 
 
 def _positive(instance: object, attribute: object, value: int) -> None:
@@ -508,6 +517,10 @@ class ServerContext:
         def verify(
             connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
         ) -> bool:
+            if depth == 0 and len(dump_certificate(FILETYPE_ASN1, certificate)) > TICKET_LIMIT:
+                # A ticket holds the client certificate and has at most 64
+                # KiB: OpenSSL would fail the handshake ("internal error").
+                connection.set_options(SSL.OP_NO_TICKET)
             if (
                 errno == _UNABLE_TO_GET_CRL
                 and not settings.crlRequired

@@ -27,14 +27,30 @@ PP2_CLIENT_CERT_CONN = 0x02
 VERSIONS = ("v1", "v2", "v2-full")
 
 
-def _ip(address: IAddress) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+_IP = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+
+
+def _ip(address: IAddress) -> _IP | None:
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if host is None or port is None:
         return None
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip, port
+    return ipaddress.ip_address(host), port
+
+
+def _pair(source: IAddress, destination: IAddress) -> tuple[_IP, _IP] | None:
+    """
+    The two IP addresses of one family, or L{None}.  An IPv4 client of a
+    dual-stack socket (both addresses IPv4-mapped) is given as IPv4; one
+    mapped address beside a plain IPv6 one stays IPv6.
+    """
+    src, dst = _ip(source), _ip(destination)
+    if src is None or dst is None or src[0].version != dst[0].version:
+        return None
+    if src[0].version == 6:
+        srcMapped, dstMapped = src[0].ipv4_mapped, dst[0].ipv4_mapped  # type: ignore[union-attr]
+        if srcMapped is not None and dstMapped is not None:
+            return (srcMapped, src[1]), (dstMapped, dst[1])
+    return src, dst
 
 
 def v1Header(source: IAddress, destination: IAddress) -> bytes:
@@ -42,14 +58,22 @@ def v1Header(source: IAddress, destination: IAddress) -> bytes:
     A version 1 (text) header, C{PROXY UNKNOWN} when the addresses are not
     IP addresses of one family.
     """
-    src, dst = _ip(source), _ip(destination)
-    if src is None or dst is None or src[0].version != dst[0].version:
+    pair = _pair(source, destination)
+    if pair is None:
         return b"PROXY UNKNOWN\r\n"
+    src, dst = pair
     family = "TCP4" if src[0].version == 4 else "TCP6"
     return f"PROXY {family} {src[0]} {dst[0]} {src[1]} {dst[1]}\r\n".encode()
 
 
+MAX_LENGTH = 0xFFFF  # of a TLV's value, and of the header after its first 16 bytes
+
+
 def _tlv(kind: int, value: bytes) -> bytes:
+    if len(value) > MAX_LENGTH:
+        raise ValueError(
+            f"a PROXY v2 TLV holds at most {MAX_LENGTH} bytes, not {len(value)} (type 0x{kind:02x})"
+        )
     return struct.pack("!BH", kind, len(value)) + value
 
 
@@ -66,14 +90,17 @@ def v2Header(
     C{PP2_TYPE_SSL} TLV saying the client presented a certificate that
     verified, and its TLS version, cipher, CN and (optionally) DER
     certificate as sub-TLVs.
+
+    @raise ValueError: if a field does not fit (a TLV holds at most 65,535
+        bytes: a client certificate with a huge extension does not).
     """
-    src, dst = _ip(source), _ip(destination)
-    if src is None or dst is None or src[0].version != dst[0].version:
+    pair = _pair(source, destination)
+    if pair is None:
         family, addresses = 0x00, b""  # AF_UNSPEC: the backend keeps its own addresses
-    elif src[0].version == 4:
-        family, addresses = 0x11, src[0].packed + dst[0].packed + struct.pack("!HH", src[1], dst[1])
     else:
-        family, addresses = 0x21, src[0].packed + dst[0].packed + struct.pack("!HH", src[1], dst[1])
+        (src, sport), (dst, dport) = pair
+        family = 0x11 if src.version == 4 else 0x21
+        addresses = src.packed + dst.packed + struct.pack("!HH", sport, dport)
     subs = b""
     if tlsVersion:
         subs += _tlv(PP2_SUBTYPE_SSL_VERSION, tlsVersion.encode())
@@ -86,6 +113,8 @@ def v2Header(
     # client: SSL, certificate presented on this connection; verify: 0 = ok
     ssl = _tlv(PP2_TYPE_SSL, struct.pack("!BI", PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, 0) + subs)
     body = addresses + ssl
+    if len(body) > MAX_LENGTH:
+        raise ValueError(f"a PROXY v2 header holds at most {MAX_LENGTH} bytes, not {len(body)}")
     return SIGNATURE + struct.pack("!BBH", 0x21, family, len(body)) + body
 
 

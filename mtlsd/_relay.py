@@ -117,6 +117,17 @@ class _Inbound(_Side):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        try:
+            self._preamble = self.relay.preamble(self.transport)
+        except ValueError as e:
+            log.warn(
+                "cannot relay {client}: {error}",
+                mtlsdEvent="proxy-header-error",
+                client=formatAddress(self.transport.getPeer()),
+                error=str(e),
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         outbound = _Side()
         outbound.other = self
@@ -135,7 +146,7 @@ class _Inbound(_Side):
         self.other = outbound
         noDelay(outbound.transport)
         noDelay(self.transport)
-        outbound.transport.writeSequence([self.relay.preamble(self.transport), *self._early])
+        outbound.transport.writeSequence([self._preamble, *self._early])
         self._early = []
         self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
         if self.readClosed:

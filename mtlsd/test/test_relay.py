@@ -1,15 +1,20 @@
 """
 Tests for L{mtlsd._relay} over real loopback sockets: forwarding to a
 backend intact, with back-pressure and half-close, and a backend that is
-down.
+down, and a PROXY header that cannot be made.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -23,8 +28,9 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from mtlsd import ClientTLSSettings, MtlsServerEndpoint
+from mtlsd._proxyheader import headerMaker
 from mtlsd._relay import RelayFactory
-from mtlsd.test.helpers import TestCA, selfSigned, serverContext
+from mtlsd.test.helpers import Credentials, TestCA, selfSigned, serverContext
 
 MiB = 1024 * 1024
 
@@ -106,9 +112,10 @@ class RelayTests(TestCase):
         return port.getHost().port
 
     @inlineCallbacks
-    def start(self, backend: Any) -> Any:
+    def start(self, backend: Any, preamble: Any = None) -> Any:
         """
-        A backend running C{backend} protocols, and mtlsd forwarding to it.
+        A backend running C{backend} protocols, and mtlsd forwarding to it
+        (sending first what C{preamble} makes).
 
         @return: a connected client's L{Collector}.
         """
@@ -118,7 +125,7 @@ class RelayTests(TestCase):
             backendPort = yield self.listen(
                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), Factory.forProtocol(backend)
             )
-        relay = RelayFactory(TCP4ClientEndpoint(reactor, "127.0.0.1", backendPort))
+        relay = RelayFactory(TCP4ClientEndpoint(reactor, "127.0.0.1", backendPort), preamble)
         build = relay.buildProtocol
 
         def recordInbound(addr: Any) -> Any:
@@ -179,6 +186,46 @@ class RelayTests(TestCase):
         [event] = [e for e in self.events if e.get("mtlsdEvent") == "backend-unavailable"]
         self.assertIn("refused", event["error"])
         self.assertEqual(collector.count, 0)
+
+    @inlineCallbacks
+    def test_headerTooLarge(self) -> Any:
+        """
+        A client certificate too large for a PROXY v2 TLV (a huge extension)
+        is accepted (too large for a session ticket too, it gets none) but
+        cannot be sent with C{v2-full}: the client is disconnected with one
+        warning and nothing reaches the backend.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "huge")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        huge = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"),
+                                           b"\x00" * 70_000),
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        backendCount: list[int] = []
+
+        def backend() -> Collector:
+            backendCount.append(1)
+            return Collector()
+
+        self.alice = Credentials(huge, key)
+        collector = yield self.start(backend, headerMaker("v2-full"))
+        yield collector.done
+        [event] = [e for e in self.events if e.get("mtlsdEvent") == "proxy-header-error"]
+        self.assertIn("at most 65535 bytes", event["error"])
+        self.assertEqual(len([e for e in self.events if e.get("mtlsdEvent") == "accepted"]), 1)
+        self.assertEqual((collector.count, backendCount), (0, []))
 
     @inlineCallbacks
     def test_backPressure(self) -> Any:
