@@ -49,6 +49,10 @@ from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndp
 from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 DEFAULT_PORT = 8082
+# Twisted's default listen backlog is 50: a burst of connections beyond it
+# waits for TCP's SYN retransmission (a second or more).  The kernel caps it
+# at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
 
 log = Logger(namespace="mtlsd")
 
@@ -539,7 +543,7 @@ def _descriptions(options: Options) -> list[str]:
         return list(options["listen"])
     port = DEFAULT_PORT if options["port"] is None else options["port"]
     interface = options["interface"] or _allInterfaces()
-    return [f"tcp:{port}:interface={quoteStringArgument(interface)}"]
+    return [f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={DEFAULT_BACKLOG}"]
 
 
 def _endpoints(
