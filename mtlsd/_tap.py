@@ -543,7 +543,7 @@ def _descriptions(options: Options) -> list[str]:
         return list(options["listen"])
     port = DEFAULT_PORT if options["port"] is None else options["port"]
     interface = options["interface"] or _allInterfaces()
-    return [f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={DEFAULT_BACKLOG}"]
+    return [f"tcp:{port}:interface={quoteStringArgument(interface)}"]
 
 
 def _endpoints(
@@ -552,9 +552,10 @@ def _endpoints(
     if role is not None:
         return role.endpoints(reactor, _descriptions(options))
     endpoints = []
+    backlog = "" if options["listen"] else f":backlog={DEFAULT_BACKLOG}"
     for description in _descriptions(options):
         try:
-            endpoints.append((description, serverFromString(reactor, description)))
+            endpoints.append((description, serverFromString(reactor, description + backlog)))
         except IndexError:
             # Twisted's systemd: parser, with no matching inherited socket
             raise ConfigurationError(
