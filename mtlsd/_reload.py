@@ -82,6 +82,17 @@ class TrustReloader(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Read again as the user the daemon runs as (twistd's --uid/--gid
+        # drop root between loading the files and starting this service).
+        self._seen = _fingerprint(self._paths)
+        for path, digest in zip(self._paths, self._seen, strict=True):
+            if digest is None:
+                log.warn(
+                    "cannot read {path} as this user: a change to it will not be picked up"
+                    " (with --uid, make the files readable by that user or group)",
+                    mtlsdEvent="warning",
+                    path=path,
+                )
         self._warn()
         if self._interval > 0:
             self._poll = LoopingCall(self.check)

@@ -577,9 +577,11 @@ def _pause(port: IListeningPort) -> None:
 
 class _ListeningService(Service):
     """
-    Listens on one endpoint while running.  Unlike Twisted's
-    L{StreamServerEndpointService}, a failure to listen (a port in use, an
-    address not on this host) stops start-up with one line.
+    Listens on one endpoint while running, from its privileged start (as
+    Twisted's L{StreamServerEndpointService}, so that twistd's C{--uid} and
+    C{--gid} drop root after a port below 1024 is bound).  Unlike Twisted's,
+    a failure to listen (a port in use, an address not on this host) stops
+    start-up with one line.
     """
 
     def __init__(
@@ -595,8 +597,17 @@ class _ListeningService(Service):
         self._onListening = onListening
         self._port: IListeningPort | None = None
 
+    def privilegedStartService(self) -> None:
+        # Before twistd gives up root (--uid/--gid): a port below 1024 needs it.
+        super().privilegedStartService()
+        self._listen()
+
     def startService(self) -> None:
         super().startService()
+        if self._port is None:
+            self._listen()
+
+    def _listen(self) -> None:
         outcome: list[IListeningPort | Failure] = []
         self._endpoint.listen(self._factory).addBoth(outcome.append)
         if not outcome:
