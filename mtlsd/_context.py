@@ -30,6 +30,7 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
 )
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     TLSVersion,
@@ -45,6 +46,16 @@ from ._policy import AllowPolicy
 from ._reasons import NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
+
+# TLS 1.2 cipher suites: Mozilla's "intermediate" list (ssl-config.mozilla.org,
+# version 5.7): forward secrecy and AEAD only.  Twisted's default also admits
+# CBC and CCM suites.  TLS 1.3 suites are OpenSSL's (all three are in it).
+_INTERMEDIATE_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
 
 DEFAULT_VERIFY_DEPTH = 4
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
@@ -498,6 +509,7 @@ class ServerContext:
             certificate=cast(Any, settings.certificate),
             extraCertChain=cast(Any, list(settings.chain)),
             enableSessionTickets=True,
+            acceptableCiphers=_INTERMEDIATE_CIPHERS,
             trustRoot=trustRootFromCertificates(
                 [Certificate(X509.from_cryptography(c)) for c in settings.trusted]
             ),
