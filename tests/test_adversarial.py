@@ -121,11 +121,12 @@ class AdversarialTests(DaemonTestMixin, SynchronousTestCase):
         self.tlsAttempt(self.write("huge.pem", certificatePEM(huge)),
                         self.write("huge.key", keyPEM(key)))  # fmt: skip
 
-    def tlslite(self, key: bytes) -> bytes:
+    def tlslite(self, key: bytes, certificate: Callable[[bytes], bytes] = bytes) -> bytes:
         """
         tlslite-ng (TLS 1.2: its TLS 1.3 client authentication with ECDSA
         does not interoperate with OpenSSL 4) presenting the client
-        certificate and signing CertificateVerify with C{key}.
+        certificate, its DER changed by C{certificate}, in its Certificate
+        message, and signing CertificateVerify with C{key}.
 
         @return: the echo of C{b"hello"}, or C{b""} if refused.
         """
@@ -134,6 +135,8 @@ class AdversarialTests(DaemonTestMixin, SynchronousTestCase):
         with open(os.path.join(self.pki, "client.crt")) as f:
             chain = X509CertChain()
             chain.parsePemList(f.read())
+        leaf = chain.x509List[0]
+        leaf.bytes = bytearray(certificate(bytes(leaf.bytes)))
         settings = HandshakeSettings()
         settings.minVersion = settings.maxVersion = (3, 3)
         sock = socket.create_connection(("127.0.0.1", self.daemon.port), timeout=DEADLINE)
@@ -152,6 +155,12 @@ class AdversarialTests(DaemonTestMixin, SynchronousTestCase):
     def wrongKeyCertificateVerify(self) -> None:
         self.assertEqual(self.tlslite(keyPEM(newKey())), b"")
 
+    def certificateMessage(self, change: Callable[[bytes], bytes]) -> Callable[[], None]:
+        """
+        A Certificate message whose certificate's bytes are changed.
+        """
+        return lambda: self.assertEqual(self.tlslite(self.clientKey(), change), b"")
+
     def test_hostileHandshakes(self) -> None:
         """
         Every case is rejected with a reason, the daemon stays up, and a
@@ -168,6 +177,12 @@ class AdversarialTests(DaemonTestMixin, SynchronousTestCase):
             ("certificate signature does not match", self.badSignature, "certificate signature failure"),
             ("critical huge extension", self.hugeExtension, "unhandled critical extension"),
             ("CertificateVerify by the wrong key", self.wrongKeyCertificateVerify, "bad signature"),
+            ("truncated certificate in the Certificate message",
+             self.certificateMessage(lambda der: der[:100]), "ASN1"),
+            ("oversized Certificate message (120 KB)",
+             self.certificateMessage(lambda der: der + os.urandom(120_000)), "excessive message size"),
+            ("nonsense in the Certificate message",
+             self.certificateMessage(lambda der: os.urandom(400)), "ASN1|TLS error"),
         ]  # fmt: skip
         payload = os.urandom(16 * MiB)
         received = hashlib.sha256()
