@@ -236,13 +236,19 @@ class Soak:
         self.log = self.work / "daemon.log"
         twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
         pki = self.work / "pki"
+        # To standard output, into one file: twistd's log file would rotate
+        # every megabyte, and the report counts the lines of the whole run.
+        logFile = open(self.log, "wb")
         self.daemon = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", f"--logfile={self.log}", "mtlsd", "--port", "0",
+            [twistd, "-n", "--pidfile=", "--logfile=-", "mtlsd", "--port", "0",
              "--interface", HOST, "--cert", str(pki / "server.crt"), "--key",
              str(pki / "server.key"), "--client-certs", str(self.work / "clients.pem"),
              "--forward", f"tcp:{HOST}:{echo.port}", "--reload-interval", "0"],
             stdin=subprocess.DEVNULL,
+            stdout=logFile,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
+        logFile.close()
         try:
             end = time.monotonic() + 30
             while not (self.log.exists() and LISTENING.search(self.log.read_text())):
