@@ -278,7 +278,9 @@ class _GateProtocol(ProtocolWrapper):
             # The ticket was issued, after a full verification, by the context
             # this connection uses (a reload makes a new one, whose tickets
             # are new); only time has passed since.
-            now = datetime.datetime.fromtimestamp(self.factory.clock.seconds(), datetime.UTC)
+            now = datetime.datetime.fromtimestamp(
+                self.factory.clock.seconds(), datetime.timezone.utc
+            )
             if certificate.not_valid_after_utc < now:
                 self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
                 return
