@@ -49,6 +49,8 @@ WORKER_ENVIRONMENT = "MTLSD_WORKER"
 LOG_FD = 3
 FIRST_SOCKET_FD = 4
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
+STABLE_AFTER = 10.0
 
 # twistd, as the main process was started, in the worker's interpreter.
 _TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
@@ -144,9 +146,10 @@ class _Worker(ProcessProtocol):
     The main process's end of one worker: its log events, its exit.
     """
 
-    def __init__(self, pool: WorkerPool, index: int) -> None:
+    def __init__(self, pool: WorkerPool, index: int, startedAt: float) -> None:
         self.pool = pool
         self.index = index
+        self.startedAt = startedAt
         self.ended: Deferred[None] = Deferred()
         self._buffer = b""
 
@@ -164,8 +167,11 @@ class _Worker(ProcessProtocol):
 
 class WorkerPool(Service):
     """
-    In the main process: runs C{count} workers on the sockets of
-    C{listeners} (started, paused listeners of this process).
+    In the main process: runs C{count} workers on this process's listening
+    sockets, and restarts one that exits: after L{RESTART_DELAY}, doubled
+    (up to L{MAX_RESTART_DELAY}) each time a worker exits within
+    L{STABLE_AFTER} seconds of its start, so that one that cannot start
+    (say, a file it cannot read) does not spin.
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class WorkerPool(Service):
         self._ports = ports
         self._publish = publish
         self.workers: dict[int, _Worker] = {}
+        self._delays: dict[int, float] = {}
         self._stopping = False
 
     @property
@@ -215,7 +222,7 @@ class WorkerPool(Service):
             fds[FIRST_SOCKET_FD + n] = fd
             sockets.append((FIRST_SOCKET_FD + n, port.socket.family))  # type: ignore[attr-defined]
         role = WorkerRole(index, tuple(sockets))
-        worker = _Worker(self, index)
+        worker = _Worker(self, index, self._reactor.seconds())
         environment = dict(os.environ, **{WORKER_ENVIRONMENT: role.encode()})
         process = self._reactor.spawnProcess(
             worker,
@@ -251,14 +258,18 @@ class WorkerPool(Service):
             del self.workers[worker.index]
         if self._stopping:
             return
+        delay = RESTART_DELAY
+        if self._reactor.seconds() - worker.startedAt < STABLE_AFTER:
+            delay = min(2 * self._delays.get(worker.index, RESTART_DELAY / 2), MAX_RESTART_DELAY)
+        self._delays[worker.index] = delay
         log.warn(
             "worker {mtlsdWorker} exited ({why}): restarting it in {delay}s",
             mtlsdEvent="worker-exited",
             mtlsdWorker=worker.index,
             why=reason.getErrorMessage(),
-            delay=RESTART_DELAY,
+            delay=delay,
         )
-        self._reactor.callLater(RESTART_DELAY, self._spawn, worker.index)
+        self._reactor.callLater(delay, self._spawn, worker.index)
 
     def _sighup(self, signum: int, frame: FrameType | None) -> None:
         if callable(self._previousHandler):

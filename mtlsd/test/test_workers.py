@@ -18,7 +18,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._errors import ConfigurationError
-from mtlsd._workers import LOG_FD, RESTART_DELAY, WORKER_ENVIRONMENT, WorkerPool, WorkerRole
+from mtlsd._workers import (
+    LOG_FD,
+    MAX_RESTART_DELAY,
+    RESTART_DELAY,
+    STABLE_AFTER,
+    WORKER_ENVIRONMENT,
+    WorkerPool,
+    WorkerRole,
+)
 
 
 class _Transport:
@@ -137,6 +145,24 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 3)
         self.assertIn("1 4:", self.reactor.spawned[2]["env"][WORKER_ENVIRONMENT])
         self.assertTrue(self.pool.allRunning)
+
+    def test_backoff(self) -> None:
+        """
+        A worker that keeps exiting soon after its start is restarted after
+        1, 2, 4 ... seconds, at most L{MAX_RESTART_DELAY}; one that ran a
+        while is restarted after 1 s again.
+        """
+        delays = []
+        for _ in range(8):
+            self.pool.workers[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+            delay = self.reactor.getDelayedCalls()[0].getTime() - self.reactor.seconds()
+            delays.append(delay)
+            self.reactor.advance(delay)
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, MAX_RESTART_DELAY, MAX_RESTART_DELAY])
+        self.reactor.advance(STABLE_AFTER)
+        self.pool.workers[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual(self.reactor.getDelayedCalls()[0].getTime() - self.reactor.seconds(),
+                         RESTART_DELAY)  # fmt: skip
 
     def test_stop(self) -> None:
         """
