@@ -390,7 +390,10 @@ class _Rechecker:
         self._crls = {crl.issuer: crl for crl in settings.usableCRLs}
 
     def __call__(
-        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        now: datetime.datetime | None = None,
     ) -> str | None:
         settings = self._settings
         try:
@@ -404,7 +407,7 @@ class _Rechecker:
         if settings.checksRevocation:
             path = [c.to_cryptography() for c in verified]
             checked = path if settings.crlCheckChain else path[:1]
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = now or datetime.datetime.now(datetime.timezone.utc)
             for number, member in enumerate(checked):
                 if number and member.issuer == member.subject:
                     break  # the root: a trust anchor, never on a CRL
@@ -547,16 +550,20 @@ class ServerContext:
         self._recheck = _Rechecker(settings)
 
     def recheck(
-        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        now: datetime.datetime | None = None,
     ) -> str | None:
         """
         Would a client presenting C{certificate} (and C{chain}) be admitted
         under the current settings?
 
+        @param now: the time CRLs are judged at (default: now).
         @return: L{None} if so, else the reason: C{revoked}, C{no longer
             trusted} or C{not allowed by policy}.
         """
-        return self._recheck(certificate, chain)
+        return self._recheck(certificate, chain, now)
 
     def revalidate(self) -> int:
         """

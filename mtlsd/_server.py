@@ -274,13 +274,13 @@ class _GateProtocol(ProtocolWrapper):
             return
         sent = connection.get_peer_cert_chain(as_cryptography=True)
         resumed = sent is None  # OpenSSL: a resumed session's peer sends no certificates
+        now = datetime.datetime.fromtimestamp(self.factory.clock.seconds(), datetime.timezone.utc)
         if resumed:
             # The ticket was issued, after a full verification, by the context
             # this connection uses (a reload makes a new one, whose tickets
-            # are new); only time has passed since.
-            now = datetime.datetime.fromtimestamp(
-                self.factory.clock.seconds(), datetime.timezone.utc
-            )
+            # are new); but time has passed since (and tickets are renewed at
+            # each resumption): the certificate may have expired, a CRL may
+            # be past its nextUpdate.  Decided again below.
             if certificate.not_valid_after_utc < now:
                 self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
                 return
@@ -288,10 +288,10 @@ class _GateProtocol(ProtocolWrapper):
         else:
             chain = tuple(c for c in sent or () if c != certificate)
             context.rememberChain(certificate, chain)
-        if context.settings is not self._settings:
-            # The trust changed during this handshake, which OpenSSL checked
-            # against the settings of its start: decide again.
-            reason = context.recheck(certificate, chain)
+        if resumed or context.settings is not self._settings:
+            # A resumed session, or trust that changed during this handshake
+            # (OpenSSL checked it against the settings of its start).
+            reason = context.recheck(certificate, chain, now)
             if reason is not None:
                 self._refuse(reason, commonName=peer.commonName)
                 return

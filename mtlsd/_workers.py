@@ -53,7 +53,13 @@ MAX_RESTART_DELAY = 60.0
 STABLE_AFTER = 10.0
 
 # twistd, as the main process was started, in the worker's interpreter.
-_TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+# SIGHUP is ignored until the worker's reloader handles it: the main process
+# forwards it to every worker, and its default action would kill one still
+# starting (which reads the files afresh anyway).
+_TWISTD = (
+    "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+    " sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+)
 
 log = Logger(namespace="mtlsd")
 
@@ -155,6 +161,11 @@ class _Worker(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD != LOG_FD:
+            # What a worker prints before its log is set up (a start-up
+            # error, say): the main process's log, not a daemon's /dev/null.
+            for line in data.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.warn("worker {mtlsdWorker}: {line}", mtlsdWorker=self.index, line=line)
             return
         *records, self._buffer = (self._buffer + data).split(b"\n")
         for record in records:
@@ -215,7 +226,7 @@ class WorkerPool(Service):
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
-        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, LOG_FD: "r"}
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", LOG_FD: "r"}
         sockets = []
         for n, port in enumerate(self._ports()):
             fd = port.fileno()  # type: ignore[attr-defined]

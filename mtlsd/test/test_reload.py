@@ -673,6 +673,27 @@ class ResumptionTests(_Case):
         [rejected] = self.mtlsdEvents("rejected")
         self.assertEqual(rejected["reason"], "certificate has expired")
 
+    def test_staleCRLCannotResume(self) -> None:
+        """
+        Once the CRL of a resumed client's CA is past its nextUpdate (the
+        files unchanged, so no reload), the session is not resumed: as a full
+        handshake would be, it is refused.
+        """
+        self.carol = self.ca.issue("carol")
+        self.crls = ["ca.crl"]
+        self.writeCRL(days=1)
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        self.start()
+        offering = self.offerSessions(self.carol)
+        crl = x509.load_pem_x509_crl(open(self.path("ca.crl"), "rb").read())
+        assert crl.next_update_utc is not None
+        self.clock.advance(crl.next_update_utc.timestamp() + 1)
+        again = Connection(self.context, offering, clock=self.clock)
+        again.flush()
+        self.assertFalse(again.app.made)
+        [refused] = self.mtlsdEvents("rejected")
+        self.assertEqual(refused["reason"], "no longer trusted")
+
     def test_resumedSessionKeepsChain(self) -> None:
         """
         A resumed client sends no certificates; its intermediates, known

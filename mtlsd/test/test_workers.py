@@ -13,8 +13,9 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.logger import eventAsJSON
+from twisted.logger import eventAsJSON, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._errors import ConfigurationError
@@ -113,7 +114,7 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 2)
         first = self.reactor.spawned[0]
         self.assertEqual(first["args"][-5:], ["-n", "--pidfile=", "mtlsd", "--port", "0"])
-        self.assertEqual(first["fds"], {0: "w", 1: 1, 2: 2, LOG_FD: "r", 4: 17})
+        self.assertEqual(first["fds"], {0: "w", 1: "r", 2: "r", LOG_FD: "r", 4: 17})
         self.assertEqual(first["env"][WORKER_ENVIRONMENT], f"1 4:{int(socket.AF_INET6)}")
         self.assertTrue(self.pool.allRunning)
 
@@ -130,9 +131,19 @@ class WorkerPoolTests(SynchronousTestCase):
         worker.childDataReceived(LOG_FD, data[:10])
         self.assertEqual(self.events, [])
         worker.childDataReceived(LOG_FD, data[10:])
-        worker.childDataReceived(1, b"ignored")
         self.assertEqual([(e["mtlsdEvent"], e["mtlsdWorker"]) for e in self.events],
                          [("accepted", 2)])  # fmt: skip
+
+    def test_earlyOutput(self) -> None:
+        """
+        What a worker prints on its standard output or error (before its log
+        is set up) is logged by the main process, a warning per line.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        worker = self.reactor.spawned[0]["protocol"]
+        worker.childDataReceived(2, b"mtlsd: cannot read key.pem\n\n")
+        [event] = events
+        self.assertEqual((event["mtlsdWorker"], event["line"]), (1, "mtlsd: cannot read key.pem"))
 
     def test_restart(self) -> None:
         """
