@@ -459,7 +459,8 @@ class ServerContext:
     ) -> None:
         """
         Note the intermediates a client sent with C{certificate} in a full
-        handshake, for L{chainOf}.  The latest L{KNOWN_CHAINS} are kept.
+        handshake, for L{chainOf}.  The L{KNOWN_CHAINS} most recently used
+        are kept.
         """
         if chain:
             self._chains.pop(certificate, None)
@@ -474,7 +475,10 @@ class ServerContext:
             holds the leaf only); without them a later L{revalidate} judges
             the leaf alone, which fails closed.
         """
-        return self._chains.get(certificate, ())
+        chain = self._chains.pop(certificate, ())
+        if chain:
+            self._chains[certificate] = chain  # the most recently used: evicted last
+        return chain
 
     def sessionEnded(self, session: LiveSession) -> None:
         """

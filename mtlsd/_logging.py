@@ -75,7 +75,10 @@ def _system(event: dict[str, Any]) -> str:
     """
     system = event.get("log_system")
     if system is not None:
-        return str(system)
+        try:
+            return str(system)
+        except Exception:
+            return "UNFORMATTABLE"
     level = event.get("log_level")
     return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
 
@@ -103,7 +106,7 @@ class _TextLines:
         return self._stamp
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if "mtlsdEvent" in event and "log_failure" not in event:
+        if event.get("log_format") and "mtlsdEvent" in event and "log_failure" not in event:
             line = f"{self._time(event.get('log_time'))} [{_system(event)}] {_message(event)}"
             text: str | None = line.replace("\n", "\n\t") + "\n"
         else:

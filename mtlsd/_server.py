@@ -287,7 +287,6 @@ class _GateProtocol(ProtocolWrapper):
             chain = context.chainOf(certificate)
         else:
             chain = tuple(c for c in sent or () if c != certificate)
-            context.rememberChain(certificate, chain)
         if resumed or context.settings is not self._settings:
             # A resumed session, or trust that changed during this handshake
             # (OpenSSL checked it against the settings of its start).
@@ -308,6 +307,8 @@ class _GateProtocol(ProtocolWrapper):
             return
         self._peer = peer
         self.peerCertificate, self.peerChain = certificate, chain
+        if not resumed:
+            context.rememberChain(certificate, chain)  # for its resumptions
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
         log.info(

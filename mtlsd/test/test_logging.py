@@ -89,6 +89,11 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual([json.loads(line)["message"] for line in lines], ["kept"])
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
 class TextLinesTests(SynchronousTestCase):
     def test_sameAsTwisted(self) -> None:
         """
@@ -116,6 +121,8 @@ class TextLinesTests(SynchronousTestCase):
             {**base, "log_format": "{f()}", "f": lambda: "called", "mtlsdEvent": "x"},
             {"log_format": "plain {x}", "x": 1, "log_time": now + 1.5, "log_system": "sys"},
             {"log_format": "no time"},
+            {**base, "log_format": "", "mtlsdEvent": "x"},
+            {**base, "log_format": "x", "log_system": Unprintable(), "mtlsdEvent": "x"},
             {"log_time": now},
         ]  # fmt: skip
         theirs, ours = io.StringIO(), io.StringIO()

@@ -694,6 +694,21 @@ class ResumptionTests(_Case):
         [refused] = self.mtlsdEvents("rejected")
         self.assertEqual(refused["reason"], "no longer trusted")
 
+    def test_knownChainsMostRecentlyUsed(self) -> None:
+        """
+        The chains kept for resumed clients are the most recently used: one
+        a resumption just used outlives one learnt later but not used since.
+        """
+        self.patch(_context, "KNOWN_CHAINS", 2)
+        self.write("clients.pem", self.trust(self.ca.certificate))
+        context = self.start()
+        a, b, c, i = (self.ca.issue(n).certificate for n in "abci")
+        context.rememberChain(a, (i,))
+        context.rememberChain(b, (i,))
+        self.assertEqual(context.chainOf(a), (i,))
+        context.rememberChain(c, (i,))
+        self.assertEqual((context.chainOf(a), context.chainOf(b)), ((i,), ()))
+
     def test_resumedSessionKeepsChain(self) -> None:
         """
         A resumed client sends no certificates; its intermediates, known
