@@ -388,6 +388,29 @@ class _Rechecker:
             self._store.add_cert(X509.from_cryptography(trusted))
         self._store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
         self._crls = {crl.issuer: crl for crl in settings.usableCRLs}
+        # Until then nothing that time alone changes (a trusted certificate
+        # expiring, a CRL passing its nextUpdate) can refuse anyone.
+        self._steadyUntil = min(
+            [c.not_valid_after_utc for c in settings.trusted]
+            + [c.next_update_utc for c in settings.usableCRLs if c.next_update_utc is not None],
+            default=datetime.datetime.max.replace(tzinfo=datetime.timezone.utc),
+        )
+
+    def resumed(
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        now: datetime.datetime,
+    ) -> str | None:
+        """
+        Decide again for a session resumed under the settings that verified
+        it: only time can have changed the verdict.  Cheap while no trusted
+        certificate, no CRL and none of the client's intermediates has
+        reached its end; after that, decided in full.
+        """
+        if now < self._steadyUntil and all(c.not_valid_after_utc >= now for c in chain):
+            return None
+        return self(certificate, chain, now)
 
     def __call__(
         self,
@@ -568,6 +591,19 @@ class ServerContext:
             trusted} or C{not allowed by policy}.
         """
         return self._recheck(certificate, chain, now)
+
+    def recheckResumed(
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        now: datetime.datetime,
+    ) -> str | None:
+        """
+        Would a client that resumed a session of the current settings still
+        be admitted at C{now}?  (As L{recheck}, cheaply when time cannot
+        have changed anything.)
+        """
+        return self._recheck.resumed(certificate, chain, now)
 
     def revalidate(self) -> int:
         """

@@ -287,13 +287,16 @@ class _GateProtocol(ProtocolWrapper):
             chain = context.chainOf(certificate)
         else:
             chain = tuple(c for c in sent or () if c != certificate)
-        if resumed or context.settings is not self._settings:
-            # A resumed session, or trust that changed during this handshake
-            # (OpenSSL checked it against the settings of its start).
+        reason = None
+        if context.settings is not self._settings:
+            # The trust changed during this handshake, which OpenSSL checked
+            # against the settings of its start: decide again.
             reason = context.recheck(certificate, chain, now)
-            if reason is not None:
-                self._refuse(reason, commonName=peer.commonName)
-                return
+        elif resumed:
+            reason = context.recheckResumed(certificate, chain, now)
+        if reason is not None:
+            self._refuse(reason, commonName=peer.commonName)
+            return
         if identity is not None and not context.settings.policy.allows(identity):
             self._refuse(
                 NOT_ALLOWED,
