@@ -204,6 +204,15 @@ def tlsClient(port: int, certificate: str, key: str, caFile: str, serverName: st
     return context.wrap_socket(raw, server_hostname=serverName)
 
 
+def pkiClient(port: int, pki: str, name: str = "client") -> ssl.SSLSocket:
+    """
+    L{tlsClient} as client C{name} of the development PKI in directory
+    C{pki}, whose CA verifies the server as C{localhost}.
+    """
+    return tlsClient(port, os.path.join(pki, f"{name}.crt"), os.path.join(pki, f"{name}.key"),
+                     os.path.join(pki, "ca.crt"), "localhost")  # fmt: skip
+
+
 class _Process:
     """
     A child process whose output goes to C{logPath}; subclasses start it

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._pki import certificatePEM, keyPEM, makeCertificate, newKey
-from tests._process import DEADLINE, receiveExactly, tlsClient
+from tests._process import DEADLINE, pkiClient, receiveExactly, tlsClient
 from tests.test_daemon import DaemonTestMixin
 
 MiB = 1024 * 1024
@@ -190,9 +190,7 @@ class AdversarialTests(DaemonTestMixin, SynchronousTestCase):
 
         def transfer() -> None:
             try:
-                with tlsClient(self.daemon.port, os.path.join(self.pki, "client.crt"),
-                               os.path.join(self.pki, "client.key"),
-                               os.path.join(self.pki, "ca.crt"), "localhost") as sock:  # fmt: skip
+                with pkiClient(self.daemon.port, self.pki) as sock:
                     for start in range(0, len(payload), 256 * 1024):
                         chunk = payload[start : start + 256 * 1024]
                         sock.sendall(chunk)

@@ -29,6 +29,7 @@ from ._process import (
     environment,
     mtlsd,
     openssl,
+    pkiClient,
     readUntil,
     receiveExactly,
     recipeCertificate,
@@ -499,13 +500,7 @@ class GarbageTests(DaemonTestMixin, SynchronousTestCase):
         directory = self.workDirectory()
         daemon = self.startDaemon(directory, "--handshake-timeout", "1")
         pki = os.path.join(directory, "mtlsd-pki")
-        good = tlsClient(
-            daemon.port,
-            os.path.join(pki, "client.crt"),
-            os.path.join(pki, "client.key"),
-            os.path.join(pki, "ca.crt"),
-            "localhost",
-        )
+        good = pkiClient(daemon.port, pki)
         self.addCleanup(good.close)
         good.sendall(b"before")
         self.assertEqual(receiveExactly(good, 6), b"before")

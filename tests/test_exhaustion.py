@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests._process import DEADLINE, POLL, receiveExactly, tlsClient
+from tests._process import DEADLINE, POLL, pkiClient, receiveExactly
 from tests.test_daemon import DaemonTestMixin
 
 SLOWLORIS = 2000
@@ -103,9 +103,7 @@ class ExhaustionTests(DaemonTestMixin, SynchronousTestCase):
 
     def client(self, daemon, directory: str):
         pki = os.path.join(directory, "mtlsd-pki")
-        return tlsClient(daemon.port, os.path.join(pki, "client.crt"),
-                         os.path.join(pki, "client.key"), os.path.join(pki, "ca.crt"),
-                         "localhost")  # fmt: skip
+        return pkiClient(daemon.port, pki)
 
     def echo(self, daemon, directory: str) -> float:
         """

@@ -37,10 +37,10 @@ from ._process import (
     Daemon,
     exchange,
     mtlsd,
+    pkiClient,
     receiveExactly,
     repositoryOnPythonPath,
     run,
-    tlsClient,
 )
 from .test_daemon import DaemonTestMixin
 
@@ -324,13 +324,7 @@ class ProxyProtocolTests(ForwardTestMixin, SynchronousTestCase):
             directory,
             *("--forward", f"tcp:127.0.0.1:{backend.port}", "--proxy-protocol", version),
         )
-        sock = tlsClient(
-            daemon.port,
-            os.path.join(self.pki, "client.crt"),
-            os.path.join(self.pki, "client.key"),
-            os.path.join(self.pki, "ca.crt"),
-            "localhost",
-        )
+        sock = pkiClient(daemon.port, self.pki)
         self.addCleanup(sock.close)
         local = sock.getsockname()
         length = int.from_bytes(receiveExactly(sock, 4), "big")

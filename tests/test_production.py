@@ -18,7 +18,7 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._pki import certificatePEM, keyPEM, makeCertificate, newKey
-from tests._process import DEADLINE, mtlsd, receiveExactly, tlsClient
+from tests._process import DEADLINE, mtlsd, pkiClient, receiveExactly
 from tests.test_daemon import DaemonTestMixin
 
 MiB = 1024 * 1024
@@ -133,8 +133,7 @@ class DrainTests(DaemonTestMixin, SynchronousTestCase):
         directory = self.workDirectory()
         daemon = self.startDaemon(directory, "--drain-timeout", "30")
         pki = os.path.join(directory, "mtlsd-pki")
-        sock = tlsClient(daemon.port, os.path.join(pki, "client.crt"), os.path.join(pki, "client.key"),
-                         os.path.join(pki, "ca.crt"), "localhost")  # fmt: skip
+        sock = pkiClient(daemon.port, pki)
         self.addCleanup(sock.close)
         payload = os.urandom(8 * MiB)
         received = hashlib.sha256()
@@ -170,8 +169,7 @@ class DrainTests(DaemonTestMixin, SynchronousTestCase):
         metricsPort = daemon.waitForListening(pattern=r"Site starting on (\d+)")
         daemon.waitForListening()
         pki = os.path.join(directory, "mtlsd-pki")
-        sock = tlsClient(daemon.port, os.path.join(pki, "client.crt"), os.path.join(pki, "client.key"),
-                         os.path.join(pki, "ca.crt"), "localhost")  # fmt: skip
+        sock = pkiClient(daemon.port, pki)
         self.addCleanup(sock.close)
         sock.sendall(b"hi")
         self.assertEqual(receiveExactly(sock, 2), b"hi")

@@ -13,7 +13,7 @@ import socket
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests._process import Daemon, mtlsd, receiveExactly, tlsClient
+from tests._process import Daemon, mtlsd, pkiClient, receiveExactly
 from tests.test_daemon import DaemonTestMixin
 from tests.test_production import get
 
@@ -69,8 +69,7 @@ class PrivilegeTests(DaemonTestMixin, SynchronousTestCase):
         daemon.waitForLog("cannot read mtlsd-pki/server.key as this user")
         self.assertEqual(ids(daemon.process.pid), (nobody, nogroup))
         pki = os.path.join(directory, "mtlsd-pki")
-        with tlsClient(port, os.path.join(pki, "client.crt"), os.path.join(pki, "client.key"),
-                       os.path.join(pki, "ca.crt"), "localhost") as sock:  # fmt: skip
+        with pkiClient(port, pki) as sock:
             sock.sendall(b"as nobody")
             self.assertEqual(receiveExactly(sock, 9), b"as nobody")
         self.assertNotIn("reload failed", daemon.log())

@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._process import DEADLINE, POLL, receiveExactly, tlsClient
+from tests._process import DEADLINE, POLL, pkiClient, receiveExactly
 from tests.test_daemon import DaemonTestMixin
 from tests.test_production import get, sample
 
@@ -36,9 +36,7 @@ class WorkersTests(DaemonTestMixin, SynchronousTestCase):
 
     def connect(self, daemon, directory: str):
         pki = os.path.join(directory, "mtlsd-pki")
-        return tlsClient(daemon.port, os.path.join(pki, "client.crt"),
-                         os.path.join(pki, "client.key"), os.path.join(pki, "ca.crt"),
-                         "localhost")  # fmt: skip
+        return pkiClient(daemon.port, pki)
 
     def echo(self, sock, data: bytes) -> bytes:
         sock.sendall(data)
