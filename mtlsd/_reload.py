@@ -105,7 +105,10 @@ class TrustReloader(Service):
         if self._poll is not None:
             self._poll.stop()
             self._poll = None
-        signal.signal(signal.SIGHUP, self._previousHandler or signal.SIG_DFL)
+        # Stopping: connections may drain for a while yet, and SIGHUP's
+        # default action would kill the process; it is ignored instead.
+        previous = self._previousHandler
+        signal.signal(signal.SIGHUP, previous if callable(previous) else signal.SIG_IGN)
 
     def _sighup(self, signum: int, frame: object) -> None:
         # A signal handler may run in the middle of reactor code: only hand

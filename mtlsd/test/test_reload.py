@@ -227,6 +227,24 @@ class ReloadTests(_Case):
         self.assertEqual(self.reloader.reloads, 1)
         self.assertTrue(self.connect(self.bob).app.made)
 
+    def test_sighupIgnoredWhileStopping(self) -> None:
+        """
+        Once stopped (the daemon draining), SIGHUP is ignored rather than
+        left to its default action, which would kill the process; a handler
+        that was there before is put back.
+        """
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        self.write("clients.pem", self.trust(self.alice))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.start()
+        self.reloader.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+        handler = lambda *args: None  # noqa: E731
+        signal.signal(signal.SIGHUP, handler)
+        self.start()
+        self.reloader.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), handler)
+
 
 class RaceTests(_Case):
     def test_handshakeAcrossReload(self) -> None:
