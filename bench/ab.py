@@ -37,6 +37,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     measureBulk,
     measureHandshakes,
     measureLatency,
+    measureMemory,
     startBackend,
     stopProcess,
 )
@@ -51,6 +52,12 @@ def latency(server: Server, settings: Settings) -> dict[str, Any]:
     return {"us": measureLatency(server, settings)["p50"], "note": ""}
 
 
+def memory(server: Server, settings: Settings) -> dict[str, Any]:
+    result = measureMemory(server, settings)  # on a fresh server, stopped after
+    server.start()
+    return {"us": result["perConn"], "note": result["note"]}
+
+
 ROWS = {
     "full": ("Full handshake: server CPU µs", partial(measureHandshakes, data=False)),
     "resumed": (
@@ -60,6 +67,7 @@ ROWS = {
     "usable": ("Usable connection: server CPU µs", partial(measureHandshakes, data=True)),
     "bulk": ("Bulk, 256 MiB each way: server CPU s per GiB", bulkCPU),
     "latency": ("64 B round trip, p50 µs (client side)", latency),
+    "memory": ("Memory per idle connection (2,000 held), KiB", memory),
 }
 
 
@@ -89,7 +97,7 @@ def main() -> int:
         for label, env in (("before", before), ("after", None)):
             servers[label] = Server("mtlsd", pki, label, work, backendPort, serverPin, env=env)
             servers[label].start()
-        settings = Settings(args.rounds, 0, args.n, 256 << 20, 2000, 0, 0, clientPin)
+        settings = Settings(args.rounds, 0, args.n, 256 << 20, 2000, 2000, 0, clientPin)
         rows = {name: ROWS[name] for name in args.rows.split(",")}
         values: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):

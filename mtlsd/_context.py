@@ -336,8 +336,15 @@ class LiveSession(Protocol):
     An established connection, as the context sees it when trust changes.
     """
 
-    peerCertificate: x509.Certificate | None
-    peerChain: tuple[x509.Certificate, ...]
+    peerNotAfter: datetime.datetime
+    """
+    When its client certificate expires.
+    """
+
+    def peer(self) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        """
+        Its client certificate and the intermediates sent with it.
+        """
 
     def cut(self, reason: str) -> None:
         """
@@ -612,9 +619,7 @@ class ServerContext:
 
         @return: how many were cut.
         """
-        return self._cutWhere(
-            lambda session: self.recheck(session.peerCertificate, session.peerChain)  # type: ignore[arg-type]
-        )
+        return self._cutWhere(lambda session: self.recheck(*session.peer()))
 
     def cutExpired(self, now: datetime.datetime | None = None) -> int:
         """
@@ -625,17 +630,13 @@ class ServerContext:
         """
         now = now or datetime.datetime.now(datetime.timezone.utc)
         return self._cutWhere(
-            lambda session: (
-                NO_LONGER_TRUSTED
-                if session.peerCertificate.not_valid_after_utc < now  # type: ignore[union-attr]
-                else None
-            )
+            lambda session: NO_LONGER_TRUSTED if session.peerNotAfter < now else None
         )
 
     def _cutWhere(self, reason: Callable[[LiveSession], str | None]) -> int:
         cut = 0
         for session in list(self.sessions):
-            if session.peerCertificate is not None and (why := reason(session)) is not None:
+            if (why := reason(session)) is not None:
                 session.cut(why)
                 cut += 1
         return cut

@@ -97,6 +97,23 @@ class _Peer:
     serial: int
 
 
+def _presented(
+    connection: SSL.Connection, context: ServerContext
+) -> tuple[x509.Certificate, tuple[x509.Certificate, ...], bool]:
+    """
+    The client certificate of a connection whose handshake completed, the
+    intermediates sent with it, and whether the session was resumed (then
+    OpenSSL has no chain: a resumed client sends no certificates; its
+    intermediates are those of its last full handshake).
+    """
+    certificate = connection.get_peer_certificate(as_cryptography=True)
+    assert certificate is not None
+    sent = connection.get_peer_cert_chain(as_cryptography=True)
+    if sent is None:
+        return certificate, context.chainOf(certificate), True
+    return certificate, tuple(c for c in sent if c != certificate), False
+
+
 def _commonName(certificate: x509.Certificate) -> str | None:
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     certificate.extensions  # noqa: B018 - parsed now, so a malformed one fails closed here
@@ -177,8 +194,7 @@ class _GateProtocol(ProtocolWrapper):
         self._idle: IDelayedCall | None = None
         self._lifetime: IDelayedCall | None = None
         self._refusal: tuple[str, dict[str, object]] | None = None
-        self.peerCertificate: x509.Certificate | None = None
-        self.peerChain: tuple[x509.Certificate, ...] = ()
+        self.peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         self._peer: _Peer | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
@@ -256,7 +272,7 @@ class _GateProtocol(ProtocolWrapper):
         context = self.factory.context
         connection = self._tls.getHandle()
         try:
-            certificate = connection.get_peer_certificate(as_cryptography=True)
+            certificate, chain, resumed = _presented(connection, context)
             # What the logs need; the full PeerIdentity only for an
             # allow-list (the application makes its own when it asks).
             peer = _Peer(
@@ -272,21 +288,15 @@ class _GateProtocol(ProtocolWrapper):
             # extension, say): fail closed.
             self._refuse(f"unreadable client certificate: {e}")
             return
-        sent = connection.get_peer_cert_chain(as_cryptography=True)
-        resumed = sent is None  # OpenSSL: a resumed session's peer sends no certificates
         now = datetime.datetime.fromtimestamp(self.factory.clock.seconds(), datetime.timezone.utc)
-        if resumed:
+        if resumed and certificate.not_valid_after_utc < now:
             # The ticket was issued, after a full verification, by the context
             # this connection uses (a reload makes a new one, whose tickets
             # are new); but time has passed since (and tickets are renewed at
             # each resumption): the certificate may have expired, a CRL may
-            # be past its nextUpdate.  Decided again below.
-            if certificate.not_valid_after_utc < now:
-                self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
-                return
-            chain = context.chainOf(certificate)
-        else:
-            chain = tuple(c for c in sent or () if c != certificate)
+            # be past its nextUpdate (decided below).
+            self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
+            return
         reason = None
         if context.settings is not self._settings:
             # The trust changed during this handshake, which OpenSSL checked
@@ -309,7 +319,7 @@ class _GateProtocol(ProtocolWrapper):
             )
             return
         self._peer = peer
-        self.peerCertificate, self.peerChain = certificate, chain
+        self.peerNotAfter = certificate.not_valid_after_utc
         if not resumed:
             context.rememberChain(certificate, chain)  # for its resumptions
         context.sessions.add(self)
@@ -343,6 +353,15 @@ class _GateProtocol(ProtocolWrapper):
             return
         self.wrappedProtocol = app
         app.makeConnection(self)
+
+    def peer(self) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        """
+        The client's certificate and the intermediates it sent, read again
+        from the TLS connection (kept, parsed, they would cost about 3 KiB
+        per connection; they are needed only when the trust changes).
+        """
+        certificate, chain, _ = _presented(self._tls.getHandle(), self.factory.context)
+        return certificate, chain
 
     def _refuse(self, reason: str, **fields: object) -> None:
         """

@@ -17,12 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
-from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH
+from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd.test.helpers import (
     CLIENT_ADDRESS,
     Connection,
+    Credentials,
     Recorder,
     TestCA,
     clientContext,
@@ -52,6 +53,29 @@ class AcceptTests(_LoggingTestCase):
         super().setUp()
         self.ca = TestCA()
         self.server = self.ca.server()
+
+    def test_certificateNotKept(self) -> None:
+        """
+        An admitted connection keeps no parsed certificate (about 3 KiB each
+        with its extensions): the gate reads it again from the TLS
+        connection when the trust changes, with the intermediates sent.
+        """
+        intermediateKey = newKey()
+        intermediate = makeCertificate(
+            "Intermediate", intermediateKey, (self.ca.certificate, self.ca.key), isCA=True
+        )
+        leafKey = newKey()
+        leaf = makeCertificate("frank", leafKey, (intermediate, intermediateKey))
+        c = Connection(
+            serverContext(self.server, [self.ca.certificate]),
+            clientContext(Credentials(leaf, leafKey, [intermediate]), [self.ca.certificate]),
+        )
+        c.flush()
+        self.assertTrue(c.app.made)
+        kept = [v for v in vars(c.gate).values() if isinstance(v, (x509.Certificate, tuple))]
+        self.assertEqual(kept, [])
+        self.assertEqual(c.gate.peer(), (leaf, (intermediate,)))
+        self.assertEqual(c.gate.peerNotAfter, leaf.not_valid_after_utc)
 
     def test_trustedSelfSignedClient(self) -> None:
         """
