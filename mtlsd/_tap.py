@@ -721,7 +721,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         )
         listener.setServiceParent(service)
         listeners.append(listener)
-    healthy = lambda: all(each.listening for each in listeners)  # noqa: E731
+    pool: WorkerPool | None = None
     if supervising:
         pool = WorkerPool(
             reactor,
@@ -731,7 +731,10 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             globalLogPublisher,
         )
         pool.setServiceParent(service)
-        healthy = lambda: all(each.listening for each in listeners) and pool.allRunning  # noqa: E731
+
+    def healthy() -> bool:
+        return all(each.listening for each in listeners) and (pool is None or pool.allRunning)
+
     if role is not None:
         WatchMainProcess().setServiceParent(service)
     elif options["metrics"]:
