@@ -13,6 +13,7 @@ from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from OpenSSL.crypto import (
@@ -41,11 +42,14 @@ from zope.interface import implementer
 
 from ._errors import ConfigurationError
 from ._files import Path, keyFileWarnings, loadCertificateAndKey, loadCertificates, loadCRLs
-from ._identity import identityFromCertificate
+from ._identity import PeerIdentity, identityFromCertificate
+from ._openssl import setVerify
 from ._policy import AllowPolicy
-from ._reasons import NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
+from ._reasons import ISSUER_NOT_CA, NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
+_INVALID_CA = SSL.X509VerificationCodes.ERR_INVALID_CA
+_CERT_REJECTED = SSL.X509VerificationCodes.ERR_CERT_REJECTED
 
 # TLS 1.2 cipher suites: Mozilla's "intermediate" list (ssl-config.mozilla.org,
 # version 5.7): forward secrecy and AEAD only.  Twisted's default also admits
@@ -81,6 +85,22 @@ def _isCA(certificate: x509.Certificate) -> bool:
         return False
 
 
+def isIssuingCA(certificate: x509.Certificate) -> bool:
+    """
+    Whether a certificate is a CA by intent: C{basicConstraints CA:TRUE} and
+    a keyUsage that asserts keyCertSign.  C{openssl req -x509}, the classic
+    recipe's command, makes every certificate C{CA:TRUE} without a keyUsage:
+    such a certificate, listed as a client's, must not admit what its key
+    signs.
+    """
+    try:
+        if not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+        return certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _limitedScope(crl: x509.CertificateRevocationList) -> bool:
     """
     Whether a CRL covers less than all revocations of its issuer (a delta
@@ -100,6 +120,21 @@ def _subject(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
+def _describeBundle(
+    path: Path, clients: Sequence[x509.Certificate], cas: Sequence[x509.Certificate]
+) -> str:
+    """
+    What a trust file makes trusted, in one sentence: how many client
+    certificates (each admits itself) and which issuing CAs.
+    """
+    issuers = [c for c in clients if isIssuingCA(c)]
+    count = len(clients) - len(issuers)
+    issuers += cas
+    plural = "" if count == 1 else "s"
+    named = "; ".join(_subject(c.subject) for c in issuers) or "none"
+    return f"{path}: {count} client certificate{plural}; issuing CAs: {named}"
+
+
 @frozen
 class ServerTLSSettings:
     """
@@ -110,8 +145,9 @@ class ServerTLSSettings:
     @ivar certificate: the server's certificate.
     @ivar privateKey: its private key.
     @ivar chain: intermediate certificates sent after it.
-    @ivar trusted: trusted client certificates and CA certificates.  A client
-        is accepted when its certificate is one of them or chains to one.
+    @ivar trusted: trusted client certificates and CA certificates
+        (C{--client-certs}).  A client is accepted when its certificate is one
+        of them, or is issued by one that is a CA by intent (L{isIssuingCA}).
     @ivar crls: certificate revocation lists.  With any, the client
         certificate is checked against its issuer's CRL; a CA with no CRL
         here is not checked unless C{crlRequired}.
@@ -121,6 +157,11 @@ class ServerTLSSettings:
     @ivar verifyDepth: the longest client chain accepted (OpenSSL's verify
         depth: a leaf, up to this many intermediates, and the root).
     @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar clientCAs: certificates trusted as issuing CAs whatever their
+        keyUsage says (C{--client-ca}).
+    @ivar bundles: one sentence per trust file read by L{fromFiles}: how many
+        client certificates it holds and which CAs it trusts to issue them,
+        for the daemon to log.  No part in comparisons.
     @ivar fileWarnings: sentences about the files the settings were read
         from (a private key or passphrase readable by group or others),
         found by L{fromFiles} for the daemon to log.  They are not part of
@@ -137,6 +178,8 @@ class ServerTLSSettings:
     policy: AllowPolicy = AllowPolicy()
     verifyDepth: int = field(default=DEFAULT_VERIFY_DEPTH, validator=_positive)
     minimumTLSVersion: str = field(default="1.2", validator=_tlsVersion)
+    clientCAs: tuple[x509.Certificate, ...] = ()
+    bundles: tuple[str, ...] = field(default=(), eq=False)
     fileWarnings: tuple[str, ...] = field(default=(), eq=False)
 
     @classmethod
@@ -147,6 +190,7 @@ class ServerTLSSettings:
         clientCertificatePaths: Sequence[Path],
         crlPaths: Sequence[Path] = (),
         passphrasePath: Path | None = None,
+        clientCAPaths: Sequence[Path] = (),
         **options: Any,
     ) -> ServerTLSSettings:
         """
@@ -162,17 +206,25 @@ class ServerTLSSettings:
         @param crlPaths: CRLs (PEM or DER).
         @param passphrasePath: a file whose first line is the passphrase of
             an encrypted key or the password of the PKCS#12 file.
+        @param clientCAPaths: bundles of certificates trusted as issuing CAs
+            whatever their keyUsage (PEM).
         @param options: the other attributes (C{policy}, C{verifyDepth}, ...).
         @raise ConfigurationError: for any unusable file, a passphrase that
             does not open the key, or a key that does not match the
             certificate.
         """
         server = loadCertificateAndKey(certificatePath, keyPath, "server", passphrasePath)
-        if not clientCertificatePaths:
+        if not clientCertificatePaths and not clientCAPaths:
             raise ConfigurationError("no trusted client certificates were given.")
-        trusted = [
-            c for p in clientCertificatePaths for c in loadCertificates(p, "client certificates")
-        ]
+        bundles, trusted, clientCAs = [], [], []
+        for path in clientCertificatePaths:
+            certificates = loadCertificates(path, "client certificates")
+            trusted += certificates
+            bundles.append(_describeBundle(path, certificates, ()))
+        for path in clientCAPaths:
+            certificates = loadCertificates(path, "client CA")
+            clientCAs += certificates
+            bundles.append(_describeBundle(path, (), certificates))
         crls = [crl for p in crlPaths for crl in loadCRLs(p)]
         fileWarnings = keyFileWarnings(server.keyPath, "the server's private key")
         if passphrasePath is not None:
@@ -184,7 +236,36 @@ class ServerTLSSettings:
             tuple(trusted),
             tuple(crls),
             **options,
+            clientCAs=tuple(clientCAs),
+            bundles=tuple(bundles),
             fileWarnings=tuple(fileWarnings),
+        )
+
+    @property
+    def anchors(self) -> tuple[x509.Certificate, ...]:
+        """
+        Every trusted certificate: the client certificates and CAs of
+        L{trusted}, and the L{clientCAs}.
+        """
+        return self.trusted + self.clientCAs
+
+    @property
+    def issuers(self) -> tuple[x509.Certificate, ...]:
+        """
+        The trusted certificates that admit what they sign: the CAs by intent
+        of L{trusted}, and the L{clientCAs}.
+        """
+        return tuple(c for c in self.trusted if isIssuingCA(c)) + self.clientCAs
+
+    @property
+    def nonIssuers(self) -> frozenset[bytes]:
+        """
+        The DER of the trusted certificates that admit only themselves: those
+        of L{trusted} that are not CAs by intent (and not L{clientCAs}).
+        """
+        issuers = set(self.issuers)
+        return frozenset(
+            c.public_bytes(serialization.Encoding.DER) for c in self.trusted if c not in issuers
         )
 
     @property
@@ -195,7 +276,7 @@ class ServerTLSSettings:
         the CA); one that does not verify is a mistake.  Both are warned
         about and left out.
         """
-        cas = [c for c in self.trusted if _isCA(c)]
+        cas = [c for c in self.anchors if _isCA(c)]
         return tuple(
             crl
             for crl in self.crls
@@ -232,7 +313,7 @@ class ServerTLSSettings:
                 f"the server certificate {_subject(server.subject)} is not valid before"
                 f" {server.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC: clients will reject it."
             )
-        cas = [c for c in self.trusted if _isCA(c)]
+        cas = self.issuers
         usable = self.usableCRLs
         for crl in self.crls:
             issuer = _subject(crl.issuer)
@@ -284,13 +365,24 @@ class VerifyFailure:
     errno: int
     depth: int
     subject: str
+    text: str | None = None
+    details: tuple[tuple[str, object], ...] = ()
 
     @property
     def reason(self) -> str:
         """
-        OpenSSL's text for the error, e.g. C{certificate has expired}.
+        mtlsd's reason when mtlsd refused a chain OpenSSL accepted (C{text}),
+        else OpenSSL's text for the error, e.g. C{certificate has expired}.
         """
-        return verifyErrorText(self.errno)
+        return self.text or verifyErrorText(self.errno)
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """
+        The log fields of the refusal: the identity of a client the policy
+        refused, else the depth and subject of the failing certificate.
+        """
+        return dict(self.details) or {"depth": self.depth, "subject": self.subject}
 
 
 class VerifyRecorder:
@@ -317,18 +409,79 @@ class VerifyRecorder:
         records a failure and returns C{ok} unchanged.
         """
         if not ok and connection not in self._failures:
-            try:
-                subject = certificate.to_cryptography().subject.rfc4514_string()
-            except Exception:  # a certificate cryptography cannot parse
-                subject = "?"
-            self._failures[connection] = VerifyFailure(errno, depth, subject)
+            self._failures[connection] = VerifyFailure(errno, depth, _subjectOf(certificate))
         return bool(ok)
+
+    def refuse(self, connection: SSL.Connection, failure: VerifyFailure) -> int:
+        """
+        Record mtlsd's own refusal of a chain OpenSSL accepted.
+
+        @return: its error code, the verdict for the verify callback to
+            return (see L{setVerify}).
+        """
+        self._failures.setdefault(connection, failure)
+        return failure.errno
 
     def failure(self, connection: SSL.Connection) -> VerifyFailure | None:
         """
         @return: the verification failure recorded for C{connection}, if any.
         """
         return self._failures.get(connection)
+
+
+def _subjectOf(certificate: X509 | x509.Certificate) -> str:
+    try:
+        if isinstance(certificate, X509):
+            certificate = certificate.to_cryptography()
+        return certificate.subject.rfc4514_string()
+    except Exception:  # a certificate cryptography cannot parse
+        return "?"
+
+
+def identityFields(identity: PeerIdentity) -> tuple[tuple[str, object], ...]:
+    """
+    The log fields naming a client: what an allow-list entry can match.
+    """
+    return (
+        ("commonName", identity.commonName),
+        ("fingerprint", identity.fingerprint),
+        ("spkiFingerprint", identity.spkiFingerprint),
+        ("dnsNames", identity.dnsNames),
+        ("uris", identity.uris),
+        ("ipAddresses", identity.ipAddresses),
+        ("organizationalUnits", identity.organizationalUnits),
+    )
+
+
+def _refusal(certificate: x509.Certificate, reason: str) -> VerifyFailure:
+    """
+    mtlsd's refusal of a leaf OpenSSL verified, with the client's identity
+    as its log fields.
+    """
+    try:
+        details = identityFields(identityFromCertificate(certificate))
+    except Exception:
+        details = ()
+    return VerifyFailure(_CERT_REJECTED, 0, _subjectOf(certificate), reason, details)
+
+
+def _policyRefusal(policy: AllowPolicy, certificate: x509.Certificate) -> VerifyFailure | None:
+    """
+    The refusal of a verified client certificate that the allow-list does
+    not admit (or that cryptography cannot read: fail closed), or L{None}.
+    """
+    try:
+        identity = identityFromCertificate(certificate)
+    except Exception as e:
+        return VerifyFailure(
+            _CERT_REJECTED,
+            0,
+            _subjectOf(certificate),
+            f"unreadable client certificate: {e}",
+        )
+    if policy.allows(identity):
+        return None
+    return _refusal(certificate, NOT_ALLOWED)
 
 
 class LiveSession(Protocol):
@@ -391,14 +544,15 @@ class _Rechecker:
     def __init__(self, settings: ServerTLSSettings) -> None:
         self._settings = settings
         self._store = X509Store()
-        for trusted in settings.trusted:
+        for trusted in settings.anchors:
             self._store.add_cert(X509.from_cryptography(trusted))
         self._store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
+        self._nonIssuers = settings.nonIssuers
         self._crls = {crl.issuer: crl for crl in settings.usableCRLs}
         # Until then nothing that time alone changes (a trusted certificate
         # expiring, a CRL passing its nextUpdate) can refuse anyone.
         self._steadyUntil = min(
-            [c.not_valid_after_utc for c in settings.trusted]
+            [c.not_valid_after_utc for c in settings.anchors]
             + [c.next_update_utc for c in settings.usableCRLs if c.next_update_utc is not None],
             default=datetime.datetime.max.replace(tzinfo=datetime.timezone.utc),
         )
@@ -434,6 +588,10 @@ class _Rechecker:
             ).get_verified_chain()
         except X509StoreContextError:
             return NO_LONGER_TRUSTED
+        if self._nonIssuers and any(
+            dump_certificate(FILETYPE_ASN1, member) in self._nonIssuers for member in verified[1:]
+        ):
+            return ISSUER_NOT_CA
         if settings.checksRevocation:
             path = [c.to_cryptography() for c in verified]
             checked = path if settings.crlCheckChain else path[:1]
@@ -548,7 +706,7 @@ class ServerContext:
             enableSessionTickets=True,
             acceptableCiphers=_INTERMEDIATE_CIPHERS,
             trustRoot=trustRootFromCertificates(
-                [Certificate(X509.from_cryptography(c)) for c in settings.trusted]
+                [Certificate(X509.from_cryptography(c)) for c in settings.anchors]
             ),
             **({"raiseMinimumTo": TLS_VERSIONS[minimum]} if minimum != "1.2" else {}),
         )
@@ -560,25 +718,60 @@ class ServerContext:
             store.add_crl(crl)
         store.set_flags(_storeFlags(settings))
         context.set_verify_depth(settings.verifyDepth)
-        for certificate in settings.trusted:
+        for certificate in settings.anchors:
             context.add_client_ca(certificate)
+
+        nonIssuers, policy = settings.nonIssuers, settings.policy
+        # Per connection, while its chain is verified: the first trusted
+        # certificate found above the leaf that may not issue, and the chain
+        # of a handshake that began under settings replaced since.
+        issuedThrough: WeakKeyDictionary[SSL.Connection, VerifyFailure] = WeakKeyDictionary()
+        chains: WeakKeyDictionary[SSL.Connection, list[x509.Certificate]] = WeakKeyDictionary()
 
         def verify(
             connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
-        ) -> bool:
-            if depth == 0 and len(dump_certificate(FILETYPE_ASN1, certificate)) > TICKET_LIMIT:
+        ) -> bool | int:
+            # OpenSSL calls this for each certificate of the chain it built,
+            # from the trust anchor down to the leaf (depth 0): with ok=0 for
+            # each error, then ok=1.
+            der = dump_certificate(FILETYPE_ASN1, certificate) if depth == 0 or nonIssuers else b""
+            if depth == 0 and len(der) > TICKET_LIMIT:
                 # A ticket holds the client certificate and has at most 64
                 # KiB: OpenSSL would fail the handshake ("internal error").
                 connection.set_options(SSL.OP_NO_TICKET)
-            if (
-                errno == _UNABLE_TO_GET_CRL
-                and not settings.crlRequired
-                and certificate.to_cryptography().issuer not in crlIssuers
-            ):
-                return True  # no CRL was given for this issuer: not checked
-            return self._recorder.record(connection, certificate, errno, depth, ok)
+            if not ok:
+                if (
+                    errno == _UNABLE_TO_GET_CRL
+                    and not settings.crlRequired
+                    and certificate.to_cryptography().issuer not in crlIssuers
+                ):
+                    return True  # no CRL was given for this issuer: not checked
+                return self._recorder.record(connection, certificate, errno, depth, ok)
+            if self.settings is not settings:
+                # The trust changed since this handshake began: the settings
+                # in force decide, from the chain OpenSSL built.
+                chain = chains.setdefault(connection, [])
+                chain.insert(0, certificate.to_cryptography())
+                if depth:
+                    return True
+                reason = self.recheck(chain[0], chain[1:])
+                if reason is None:
+                    return True
+                return self._recorder.refuse(connection, _refusal(chain[0], reason))
+            if depth:
+                if der in nonIssuers:
+                    # A client certificate of the bundle signed this chain.
+                    issuedThrough.setdefault(
+                        connection,
+                        VerifyFailure(_INVALID_CA, depth, _subjectOf(certificate), ISSUER_NOT_CA),
+                    )
+                return True
+            refusal = issuedThrough.get(connection)
+            if refusal is None and not policy.isEmpty:
+                refusal = _policyRefusal(policy, certificate.to_cryptography())
+            return True if refusal is None else self._recorder.refuse(connection, refusal)
 
-        context.set_verify(context.get_verify_mode(), verify)
+        setVerify(context, context.get_verify_mode(), verify)
         context.set_alpn_select_callback(_selectALPN)
         self.settings, self._options = settings, options
         self._recheck = _Rechecker(settings)

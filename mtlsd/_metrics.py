@@ -137,7 +137,7 @@ class Metrics:
         self.lastReload.set_to_current_time()
         for role, certificates in (
             ("server", [settings.certificate]),
-            ("trusted", settings.trusted),
+            ("trusted", settings.anchors),
         ):
             for certificate in certificates:
                 self.expiry.labels(

@@ -23,6 +23,7 @@ _SERVER_KEYS = {
     "privateKey",
     "keyPassphraseFile",
     "clientCerts",
+    "clientCA",
     "crl",
     "crlCheckChain",
     "crlRequired",
@@ -118,7 +119,9 @@ class MtlsServerParser:
         from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
         from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
 
-        _check("server", kwargs, _SERVER_KEYS, ("certKey", "clientCerts"))
+        _check("server", kwargs, _SERVER_KEYS, ("certKey",))
+        if "clientCerts" not in kwargs and "clientCA" not in kwargs:
+            raise ValueError("mtls: server endpoint: clientCerts= is required (or clientCA=)")
         if "endpoint" in kwargs:
             if args or "interface" in kwargs or "backlog" in kwargs:
                 raise ValueError("mtls: endpoint= replaces the port, interface and backlog")
@@ -131,7 +134,8 @@ class MtlsServerParser:
             raise ValueError("mtls: server endpoint needs a port (mtls:8443:...) or endpoint=")
         certificate, key = kwargs["certKey"], kwargs.get("privateKey")
         passphrase = kwargs.get("keyPassphraseFile")
-        clientCertificates, crls = _list(kwargs["clientCerts"]), _list(kwargs.get("crl"))
+        clientCertificates, crls = _list(kwargs.get("clientCerts")), _list(kwargs.get("crl"))
+        clientCAs = _list(kwargs.get("clientCA"))
         try:
             policy = AllowPolicy(
                 commonNames=_list(kwargs.get("allowCN")),
@@ -152,7 +156,7 @@ class MtlsServerParser:
 
             def load() -> ServerTLSSettings:
                 return ServerTLSSettings.fromFiles(
-                    certificate, key, clientCertificates, crls, passphrase, **options
+                    certificate, key, clientCertificates, crls, passphrase, clientCAs, **options
                 )
 
             context = ServerContext(load())
@@ -166,6 +170,7 @@ class MtlsServerParser:
                 *([key] if key else []),
                 *([passphrase] if passphrase else []),
                 *clientCertificates,
+                *clientCAs,
                 *crls,
             ],
             reactor,

@@ -27,6 +27,7 @@ CLOSED_BEFORE_HANDSHAKE = "closed before handshake"
 NOT_ALLOWED = "not allowed by policy"
 REVOKED = "revoked"
 NO_LONGER_TRUSTED = "no longer trusted"
+ISSUER_NOT_CA = "issuer is a client certificate, not a CA"
 
 
 def verifyErrorText(errno: int) -> str:

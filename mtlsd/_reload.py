@@ -93,6 +93,7 @@ class TrustReloader(Service):
                     mtlsdEvent="warning",
                     path=path,
                 )
+        self._logTrust()
         self._warn()
         if self._interval > 0:
             self._poll = LoopingCall(self.check)
@@ -143,6 +144,13 @@ class TrustReloader(Service):
             log.failure("checking the trust files failed", mtlsdEvent="reload-failed")
         return True
 
+    def _logTrust(self) -> None:
+        """
+        Log what each trust file makes trusted.
+        """
+        for bundle in self.context.settings.bundles:
+            log.info("trusted: {bundle}", mtlsdEvent="trusted", bundle=bundle)
+
     def _warn(self) -> None:
         """
         Log each warning about the settings in force once.
@@ -174,13 +182,14 @@ class TrustReloader(Service):
             )
             return False
         self.reloads += 1
+        self._logTrust()
         self._warned.clear()
         self._warn()
         cut = 0 if self._keepLiveSessions else self.context.revalidate()
         log.info(
             "reloaded: {trusted} trusted certificates, {crls} CRLs; {cut} connections cut",
             mtlsdEvent="reloaded",
-            trusted=len(settings.trusted),
+            trusted=len(settings.anchors),
             crls=len(settings.crls),
             cut=cut,
         )

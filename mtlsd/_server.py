@@ -41,11 +41,9 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from ._context import ServerContext
-from ._identity import identityFromCertificate
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
-    NOT_ALLOWED,
     handshakeFailureReason,
     verifyErrorText,
 )
@@ -95,6 +93,7 @@ class _Peer:
     commonName: str | None
     fingerprint: str
     serial: int
+    uris: tuple[str, ...]
 
 
 def _presented(
@@ -112,6 +111,14 @@ def _presented(
     if sent is None:
         return certificate, context.chainOf(certificate), True
     return certificate, tuple(c for c in sent if c != certificate), False
+
+
+def _uris(certificate: x509.Certificate) -> tuple[str, ...]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(names.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def _commonName(certificate: x509.Certificate) -> str | None:
@@ -279,9 +286,7 @@ class _GateProtocol(ProtocolWrapper):
                 _commonName(certificate),
                 certificate.fingerprint(hashes.SHA256()).hex(),
                 certificate.serial_number,
-            )
-            identity = (
-                None if context.settings.policy.isEmpty else identityFromCertificate(certificate)
+                _uris(certificate),
             )
         except Exception as e:
             # OpenSSL verified it, but cryptography cannot read it (a malformed
@@ -297,26 +302,17 @@ class _GateProtocol(ProtocolWrapper):
             # be past its nextUpdate (decided below).
             self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
             return
+        # A full handshake was decided in OpenSSL's verify step (the chain,
+        # the issuers, the allow-list: refusals there reach the client as a
+        # TLS alert).  What is left: a resumed session, which sends no
+        # certificate, and a trust change after that step.
         reason = None
         if context.settings is not self._settings:
-            # The trust changed during this handshake, which OpenSSL checked
-            # against the settings of its start: decide again.
             reason = context.recheck(certificate, chain, now)
         elif resumed:
             reason = context.recheckResumed(certificate, chain, now)
         if reason is not None:
             self._refuse(reason, commonName=peer.commonName)
-            return
-        if identity is not None and not context.settings.policy.allows(identity):
-            self._refuse(
-                NOT_ALLOWED,
-                commonName=identity.commonName,
-                fingerprint=identity.fingerprint,
-                dnsNames=identity.dnsNames,
-                uris=identity.uris,
-                ipAddresses=identity.ipAddresses,
-                organizationalUnits=identity.organizationalUnits,
-            )
             return
         self._peer = peer
         self.peerNotAfter = certificate.not_valid_after_utc
@@ -325,12 +321,14 @@ class _GateProtocol(ProtocolWrapper):
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
         log.info(
-            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}",
+            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}{uriText}",
             mtlsdEvent="accepted",
             client=self._client,
             commonName=peer.commonName,
             fingerprint=peer.fingerprint,
             serial=f"{peer.serial:x}",
+            uris=peer.uris,
+            uriText="".join(f" uri={uri}" for uri in peer.uris),
             resumed=resumed,
             handshakeDuration=clock.seconds() - self._startedAt,
         )
@@ -449,7 +447,7 @@ class _GateProtocol(ProtocolWrapper):
             text, fields = self._refusal
         elif failure is not None:
             text = failure.reason
-            fields = {"depth": failure.depth, "subject": failure.subject}
+            fields = failure.fields
         else:
             text = handshakeFailureReason(reason)
         # A load balancer's TCP check connects and closes without a byte:
@@ -459,12 +457,43 @@ class _GateProtocol(ProtocolWrapper):
             text == CLOSED_BEFORE_HANDSHAKE and getattr(self._tls, "rawBytesIn", 0) == 0
         )
         (log.debug if quiet else log.info)(
-            "rejected {client}: {reason}",
+            "rejected {client}: {reason}{detail}",
             mtlsdEvent="rejected",
             client=self._client,
             reason=text,
+            detail=_detail(fields),
             **fields,
         )
+
+
+# How the text lines name a refused client's fields (as openssl and the
+# allow-list options do).
+_NAMED = (
+    ("commonName", "CN"),
+    ("fingerprint", "sha256"),
+    ("spkiFingerprint", "spki"),
+    ("uris", "uri"),
+    ("dnsNames", "dns"),
+    ("ipAddresses", "ip"),
+    ("organizationalUnits", "ou"),
+)
+
+
+def _detail(fields: dict[str, object]) -> str:
+    """
+    The text after a rejection's reason: the failing certificate's depth and
+    subject (C{" (depth 0, CN=alice)"}), or who the client is (C{": CN=carol
+    uri=spiffe://..."}), so that text lines say what the JSON says.
+    """
+    if "depth" in fields:
+        return f" (depth {fields['depth']}, {fields['subject']})"
+    named = []
+    for field, name in _NAMED:
+        value = fields.get(field)
+        for each in value if isinstance(value, tuple) else [value]:
+            if each is not None:
+                named.append(f"{name}={each}")
+    return ": " + " ".join(named) if named else ""
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -284,6 +284,12 @@ class Options(usage.Options):
         """
         self["client-certs"].append(path)
 
+    def opt_client_ca(self, path: str) -> None:
+        """
+        PEM bundle of CAs trusted to issue client certificates, whatever their keyUsage (repeatable).
+        """
+        self["client-ca"].append(path)
+
     def opt_listen(self, description: str) -> None:
         """
         Plain server endpoint to put TLS on, e.g. tcp:8443 (repeatable; replaces --port).
@@ -380,13 +386,13 @@ class Options(usage.Options):
         if self["listen"] and self["interface"]:
             raise usage.UsageError("--interface goes with --port, not --listen.")
         given = [name for name in ("cert", "key", "key-passphrase-file") if self[name]]
-        given += [name for name in ("client-certs", "crl") if self[name]]
+        given += [name for name in ("client-certs", "client-ca", "crl") if self[name]]
         if given and "cert" not in given:
             raise usage.UsageError(
-                "--key, --key-passphrase-file, --client-certs and --crl need --cert (or give none of them to"
-                " use the development PKI)."
+                "--key, --key-passphrase-file, --client-certs, --client-ca and --crl need --cert"
+                " (or give none of them to use the development PKI)."
             )
-        if given and "client-certs" not in given:
+        if given and "client-certs" not in given and "client-ca" not in given:
             raise usage.UsageError(
                 "--cert needs --client-certs: the bundle of trusted client"
                 " certificates (or give none of them to use the development PKI)."
@@ -432,6 +438,7 @@ def _takeConfig(argv: list[str], longOptions: list[str]) -> tuple[str | None, li
 
 _REPEATABLE = (
     "client-certs",
+    "client-ca",
     "listen",
     "crl",
     "allow-cn",
@@ -654,6 +661,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         certificate, key, clientCertificates, crls = _files(options)
 
         passphrase = options["key-passphrase-file"]
+        clientCAs = options["client-ca"]
 
         def load() -> ServerTLSSettings:
             return ServerTLSSettings.fromFiles(
@@ -662,6 +670,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
                 clientCertificates,
                 crls,
                 passphrase,
+                clientCAs,
                 crlCheckChain=options["crl-check-chain"],
                 crlRequired=options["crl-required"],
                 policy=policy,
@@ -687,6 +696,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             *([key] if key else []),
             *([passphrase] if passphrase else []),
             *clientCertificates,
+            *clientCAs,
             *crls,
         ],
         reactor,  # type: ignore[arg-type]

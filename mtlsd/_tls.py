@@ -8,17 +8,22 @@ and bulk data moves in fewer, larger operations.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IProtocol
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (  # _representsEOF: Twisted's test for a peer's EOF
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    _representsEOF,
+)
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
 RECORD = 2**14  # the most plaintext one TLS record carries
 SEND_CHUNK = 2**17
+LINGER = 1.0  # seconds a server reads and discards after a fatal alert
 
 
 class TLSTransport(BufferingTLSTransport):
@@ -44,6 +49,8 @@ class TLSTransport(BufferingTLSTransport):
     """
 
     _peerClosed = False
+    _lingering: IDelayedCall | None = None
+    _transportLost = False
     rawBytesIn = 0
 
     def __init__(self, factory: TLSFactory, wrappedProtocol: IProtocol, *args: Any) -> None:
@@ -60,7 +67,44 @@ class TLSTransport(BufferingTLSTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self.rawBytesIn += len(data)
-        super().dataReceived(data)
+        if self._lingering is None:
+            super().dataReceived(data)
+
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+        # A server that failed the connection (its alert, if any, is in the
+        # send BIO) closes as nginx and HAProxy do: it stops writing, then
+        # reads and discards until the client closes, for up to LINGER
+        # seconds.  Closing at once, with the client's bytes unread, makes
+        # the kernel send a reset, which can overtake the alert: clients
+        # that write before they read (Java, Go) then report "broken pipe"
+        # instead of the alert.
+        halfClose = getattr(self.transport, "loseWriteConnection", None)
+        if (
+            reason is None
+            or cast(TLSFactory, self.factory).isClient
+            or halfClose is None
+            or self._transportLost
+            or self._lingering is not None
+            or isinstance(reason.value, Error)
+            and _representsEOF(reason.value)
+        ):
+            super()._tlsShutdownFinished(reason)
+            return
+        if self._reason is None:
+            self._reason = reason
+        self._lostTLSConnection = True
+        self._flushSendBIO()
+        halfClose()
+        self._lingering = self.factory._clock.callLater(
+            LINGER,
+            self.transport.abortConnection,  # type: ignore[union-attr]
+        )
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._transportLost = True
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        super().connectionLost(reason)
 
     def _shutdownTLS(self) -> None:
         self._aggregator.flush()
@@ -149,10 +193,19 @@ class TLSFactory(TLSMemoryBIOFactory):
 
     protocol = TLSTransport
 
-    def __init__(self, *args: Any, application: object = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        contextFactory: Any,
+        isClient: bool,
+        wrappedFactory: Any,
+        *args: Any,
+        application: object = None,
+        **kwargs: Any,
+    ) -> None:
         """
         @param application: the application's protocol factory, which the
             wrapped factory (a gate) builds protocols from.
         """
-        super().__init__(*args, **kwargs)
+        super().__init__(contextFactory, isClient, wrappedFactory, *args, **kwargs)
+        self.isClient = isClient
         self.writesInBulk = IWritesInBulk.providedBy(application)

@@ -31,7 +31,10 @@ DEADLINE = 15.0
 POLL = 0.05
 
 
-_REJECTED = re.compile(r"\[mtlsd#info\] rejected (\S+): (.*)$", re.MULTILINE)
+# The reason, without the failing certificate's depth and subject after it.
+_REJECTED = re.compile(
+    r"\[mtlsd#info\] rejected (\S+): (.*?)(?: \(depth \d+, [^()]*\))?$", re.MULTILINE
+)
 _ACCEPTED = re.compile(
     r"\[mtlsd#info\] accepted (\S+): CN=(.*?) sha256=([0-9a-f]{64}) serial=([0-9a-f]+)$",
     re.MULTILINE,

@@ -3,21 +3,26 @@ Tests for L{mtlsd._server}: real TLS handshakes in memory between mtlsd's
 server and client contexts.
 """
 
+import datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL.SSL import X509VerificationCodes as Codes
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.wire import Echo
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
+from mtlsd._context import ServerTLSSettings, isIssuingCA
+from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
+from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd.test.helpers import (
@@ -513,3 +518,175 @@ class VerifyErrorTextTests(SynchronousTestCase):
             verifyErrorText(Codes.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY),
             "unable to get local issuer certificate",
         )
+
+
+def recipeCertificate(commonName: str, issuer=None):
+    """
+    A certificate as C{openssl req -x509} makes it (the classic recipe's):
+    C{basicConstraints CA:TRUE}, no keyUsage; self-signed, or signed with
+    C{issuer}'s key.
+    """
+    key = newKey()
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, commonName)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.certificate.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(issuer.key if issuer else key, hashes.SHA256())
+    )
+    return Credentials(certificate, key)
+
+
+class IssuerTests(_LoggingTestCase):
+    """
+    A certificate of the bundle admits itself; what its key signs only if it
+    is a CA by intent, or given as a client CA.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ca = TestCA()
+        self.server = self.ca.server()
+        self.client1 = recipeCertificate("client1")
+        self.mallory = recipeCertificate("mallory", issuer=self.client1)
+
+    def connect(self, client, trusted, **kw: Any) -> Connection:
+        c = Connection(
+            serverContext(self.server, trusted, **kw),
+            clientContext(client, [self.ca.certificate]),
+            gated=True,
+        )
+        c.flush()
+        return c
+
+    def test_clientCertificateCannotIssue(self) -> None:
+        """
+        A certificate signed with a listed client certificate's key is
+        refused during the handshake: the client gets an "unknown CA" alert
+        (L{ServerRejectedClient}), the log names the issuer's depth and
+        subject.  The listed certificate itself gets in.
+        """
+        self.assertTrue(self.connect(self.client1, [self.client1.certificate]).app.made)
+        c = self.connect(self.mallory, [self.client1.certificate])
+        self.assertFalse(c.app.made)
+        self.assertIsInstance(c.client.lost.value, ServerRejectedClient)
+        self.assertIn("unknown ca", str(c.client.lost.value))
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(
+            (rejected["reason"], rejected["depth"], rejected["subject"]),
+            ("issuer is a client certificate, not a CA", 1, "CN=client1"),
+        )
+
+    def test_clientCA(self) -> None:
+        """
+        The same certificate given as a client CA admits what it signs.
+        """
+        c = self.connect(self.mallory, [], clientCAs=(self.client1.certificate,))
+        self.assertTrue(c.app.made)
+        self.assertEqual(peerIdentity(c.app.transport).commonName, "mallory")
+
+    def test_realCA(self) -> None:
+        """
+        A CA by intent (keyCertSign) in the bundle admits its clients; the
+        settings say which certificates issue and which only admit themselves.
+        """
+        alice = self.ca.issue("alice")
+        self.assertTrue(self.connect(alice, [self.ca.certificate]).app.made)
+        settings = ServerTLSSettings(
+            self.server.certificate,
+            self.server.key,
+            trusted=(self.ca.certificate, self.client1.certificate),
+        )
+        self.assertEqual(settings.issuers, (self.ca.certificate,))
+        self.assertEqual(
+            settings.nonIssuers,
+            {self.client1.certificate.public_bytes(serialization.Encoding.DER)},
+        )
+        self.assertTrue(isIssuingCA(self.ca.certificate))
+        self.assertFalse(isIssuingCA(self.client1.certificate))
+
+    def test_reloadRecheck(self) -> None:
+        """
+        The re-check of live sessions applies the same rule.
+        """
+        context = serverContext(self.server, [], clientCAs=(self.client1.certificate,))
+        self.assertIsNone(context.recheck(self.mallory.certificate, ()))
+        context.update(
+            ServerTLSSettings(
+                self.server.certificate, self.server.key, trusted=(self.client1.certificate,)
+            )
+        )
+        self.assertEqual(
+            context.recheck(self.mallory.certificate, ()),
+            "issuer is a client certificate, not a CA",
+        )
+
+
+class PolicyInHandshakeTests(_LoggingTestCase):
+    def test_policyRefusalIsAnAlert(self) -> None:
+        """
+        A client the allow-list refuses gets a "bad certificate" alert in
+        the handshake (the client sees L{ServerRejectedClient}); the event
+        names it with what allow-list entries match, SPKI included, and the
+        text line says so.
+        """
+        ca = TestCA()
+        carol = ca.issue("carol", uris=["spiffe://example.org/carol"])
+        c = Connection(
+            serverContext(ca.server(), [ca.certificate], policy=AllowPolicy(commonNames=["alice"])),
+            clientContext(carol, [ca.certificate]),
+            gated=True,
+        )
+        c.flush()
+        self.assertFalse(c.app.made)
+        self.assertIsInstance(c.client.lost.value, ServerRejectedClient)
+        self.assertIn("bad certificate", str(c.client.lost.value))
+        [rejected] = self.mtlsdEvents("rejected")
+        identity = identityFromCertificate(carol.certificate)
+        self.assertEqual(rejected["spkiFingerprint"], identity.spkiFingerprint)
+        self.assertEqual(rejected["uris"], ("spiffe://example.org/carol",))
+        self.assertEqual(
+            formatEvent(rejected),
+            f"rejected 192.0.2.7:40001: not allowed by policy: CN=carol"
+            f" sha256={identity.fingerprint} spki={identity.spkiFingerprint}"
+            " uri=spiffe://example.org/carol",
+        )
+
+    def test_certificateErrorText(self) -> None:
+        """
+        A certificate error's text line gives the depth and subject.
+        """
+        ca = TestCA()
+        c = Connection(
+            serverContext(ca.server(), [ca.certificate]),
+            clientContext(selfSigned("eve"), [ca.certificate]),
+        )
+        c.flush()
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(
+            formatEvent(rejected),
+            "rejected 192.0.2.7:40001: self-signed certificate (depth 0, CN=eve)",
+        )
+
+
+class PyOpenSSLNamesTests(SynchronousTestCase):
+    def test_bindingsStillThere(self) -> None:
+        """
+        The names of pyOpenSSL's bindings that L{mtlsd._openssl} uses exist.
+        """
+        from OpenSSL import SSL
+        from OpenSSL._util import ffi, lib
+
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_verify(SSL.VERIFY_PEER, lambda *args: True)
+        self.assertIsNotNone(context._verify_callback)
+        self.assertIsNotNone(context._context)
+        self.assertTrue(callable(lib.X509_STORE_CTX_set_error))
+        self.assertTrue(callable(lib.SSL_CTX_set_verify))
+        self.assertTrue(callable(ffi.callback))
