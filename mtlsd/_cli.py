@@ -6,8 +6,10 @@ The C{mtlsd} command: C{pki}, C{inspect} and C{connect}.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +22,10 @@ from ._files import loadCertificates
 from ._inspect import describeCertificate
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._server import formatAddress
+
+# The exit status of a command whose standard output was closed under it:
+# what a shell reports for one killed by SIGPIPE, as cat is.
+OUTPUT_CLOSED = 128 + 13
 
 
 def parseHostPort(value: str) -> tuple[str, int]:
@@ -61,11 +67,37 @@ def _clientArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """
+    The parser of one subcommand, which reports an unknown option with its
+    own usage: argparse leaves it to the top parser, whose usage does not
+    say what the subcommand takes.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _version() -> str:
+    try:
+        return version("mtlsd")
+    except PackageNotFoundError:  # pragma: no cover (run from a source tree)
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlsd", description="Mutual TLS: a development PKI, inspection, a client."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     pki = commands.add_parser("pki", help="make a development PKI and certificates")
     pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue|revoke")
@@ -214,7 +246,7 @@ def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
 def _connect(args: argparse.Namespace, err: IO[str]) -> int:
     from twisted.internet.task import react
 
-    from ._connect import relayFactory
+    from ._connect import OutputClosed, relayFactory
 
     host, port = args.address
     settings = _clientSettings(args)
@@ -228,6 +260,8 @@ def _connect(args: argparse.Namespace, err: IO[str]) -> int:
         try:
             await endpoint.connect(relayFactory(args.verbose, err, done))
             await done
+        except OutputClosed:
+            status = OUTPUT_CLOSED
         except Exception as e:
             err.write(f"mtlsd connect: {where}: {e}\n")
             status = 1
@@ -259,34 +293,56 @@ def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
         where = formatAddress(listeningPort.getHost())
         err.write(f"mtlsd tunnel: {where} -> {host}:{port} over mutual TLS\n")
         err.flush()
+        # Only now: a tunnel that cannot listen prints its one line, not
+        # the reactor's "Main loop terminated".
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
 
     def cannotListen(failure: Failure) -> None:
         failed.append(failure.getErrorMessage())
         reactor.stop()
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
-    endpoint.listen(RelayFactory(outbound)).addCallbacks(listening, cannotListen)
+    # Listening can fail at once (a port in use): start only once the
+    # reactor runs, so that reactor.stop() ends it.
+    reactor.callWhenRunning(
+        lambda: endpoint.listen(RelayFactory(outbound)).addCallbacks(listening, cannotListen)
+    )
     reactor.run()
     if failed:
         raise ConfigurationError(f"cannot listen on {args.listen}: {failed[0]}")
     return 0
 
 
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error
+        return e.code if isinstance(e.code, int) else 1
+    try:
+        if args.command == "pki":
+            return _pki(args, sys.stdout)
+        elif args.command == "inspect":
+            return _inspect(args, sys.stdout, sys.stderr)
+        elif args.command == "tunnel":
+            return _tunnel(args, sys.stderr)
+        else:
+            return _connect(args, sys.stderr)
+    except ConfigurationError as e:
+        sys.stderr.write(f"mtlsd {args.command}: {e}\n")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Run the C{mtlsd} command.
     """
-    args = _parser().parse_args(argv)
     try:
-        if args.command == "pki":
-            status = _pki(args, sys.stdout)
-        elif args.command == "inspect":
-            status = _inspect(args, sys.stdout, sys.stderr)
-        elif args.command == "tunnel":
-            status = _tunnel(args, sys.stderr)
-        else:
-            status = _connect(args, sys.stderr)
-    except ConfigurationError as e:
-        sys.stderr.write(f"mtlsd {args.command}: {e}\n")
-        status = 1
+        status = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of standard output has gone (mtlsd inspect ... | head):
+        # end quietly as cat does.  The recipe of Python's documentation
+        # (signal module, "Note on SIGPIPE"): nothing more may reach the
+        # closed pipe, not even the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = OUTPUT_CLOSED
     raise SystemExit(status)

@@ -1,0 +1,228 @@
+"""
+Black-box tests of the C{mtlsd} command as a user meets it: real
+processes, their output closed under them, a port already taken, typing
+mistakes, and servers that refuse the client without saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from importlib.metadata import version
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ._process import DEADLINE, MTLSD, environment, mtlsd
+from .test_daemon import DaemonTestMixin
+
+# What a shell reports for a command killed by SIGPIPE, as cat is when its
+# reader goes away.
+SIGPIPE_STATUS = 141
+
+
+def startWithClosedOutput(args: list[str], cwd: str) -> subprocess.Popen[bytes]:
+    """
+    Start C{mtlsd ARGS} with its standard output a pipe whose reading end is
+    closed at once, as in C{mtlsd ... | true}: the reader is gone before the
+    command writes anything (Python takes far longer to start than this
+    takes to close).
+    """
+    process = subprocess.Popen(
+        [MTLSD, *args],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment(),
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    return process
+
+
+def feed(process: subprocess.Popen[bytes], data: bytes) -> threading.Thread:
+    """
+    Write C{data} to C{process}'s standard input from a thread, then close
+    it; the process may exit before reading it all.
+    """
+    assert process.stdin is not None
+    stdin = process.stdin
+
+    def write() -> None:
+        try:
+            stdin.write(data)
+            stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def waitForExit(
+    case: SynchronousTestCase, process: subprocess.Popen[bytes], within: float
+) -> bytes:
+    """
+    Wait for C{process} to exit, failing the test (and killing it) if it has
+    not exited C{within} seconds.
+
+    @return: its standard error.
+    """
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(DEADLINE)
+        assert process.stderr is not None
+        raise case.failureException(
+            f"still running {within}s after its reader left; stderr: {process.stderr.read()!r}"
+        ) from None
+    assert process.stderr is not None
+    with process.stderr:
+        return process.stderr.read()
+
+
+class OutputClosedTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    A command whose standard output goes away ends quietly, as C{cat} does:
+    at once, with status 141, without a traceback.
+    """
+
+    def test_connectOutputClosedWhileSending(self) -> None:
+        """
+        C{head -c 1000000 /dev/zero | mtlsd connect ... | head -c 10}: once
+        the reader has its 10 bytes and exits, C{mtlsd connect} ends within
+        2 seconds, with status 141 and nothing on standard error.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        process = subprocess.Popen(
+            [MTLSD, "connect", f"localhost:{daemon.port}"],
+            cwd=directory,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+        )
+        self.addCleanup(process.kill)
+        writer = feed(process, bytes(1_000_000))
+        assert process.stdout is not None
+        self.assertEqual(process.stdout.read(10), bytes(10))
+        process.stdout.close()
+        stderr = waitForExit(self, process, 2.0)
+        self.assertEqual((process.returncode, stderr), (SIGPIPE_STATUS, b""))
+        writer.join(DEADLINE)
+
+    def test_connectOutputClosedBeforeAnswer(self) -> None:
+        """
+        C{echo hello | mtlsd connect ... | true}: the reader is gone before
+        the answer comes; C{mtlsd connect} ends within 2 seconds, with status
+        141 and nothing on standard error.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        started = time.monotonic()
+        process = startWithClosedOutput(["connect", f"localhost:{daemon.port}"], directory)
+        self.addCleanup(process.kill)
+        feed(process, b"hello\n")
+        stderr = waitForExit(self, process, 2.0 + (time.monotonic() - started))
+        self.assertEqual((process.returncode, stderr), (SIGPIPE_STATUS, b""))
+
+    def test_noTracebackWhenOutputClosed(self) -> None:
+        """
+        C{mtlsd inspect} and C{mtlsd pki init} with their output closed
+        (C{| head -1}, C{| true}) exit 141 and print nothing: no
+        C{BrokenPipeError} traceback, no "Exception ignored"; C{--help} and
+        C{--version} print nothing either.
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        certificates = sorted(
+            os.path.join("mtlsd-pki", name)
+            for name in os.listdir(os.path.join(directory, "mtlsd-pki"))
+            if name.endswith(".crt")
+        )
+        # argparse ignores errors writing its help and version, and exits 0.
+        for args, status in (
+            (["inspect", *certificates], SIGPIPE_STATUS),
+            (["pki", "init", "other"], SIGPIPE_STATUS),
+            (["--help"], 0),
+            (["--version"], 0),
+        ):
+            process = startWithClosedOutput(args, directory)
+            self.addCleanup(process.kill)
+            feed(process, b"")
+            stderr = waitForExit(self, process, DEADLINE)
+            self.assertEqual((process.returncode, stderr), (status, b""), args)
+
+
+class TunnelTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    C{mtlsd tunnel} that cannot listen says so and exits.
+    """
+
+    def test_portTaken(self) -> None:
+        """
+        C{mtlsd tunnel --listen tcp:PORT} with PORT taken prints one line,
+        C{mtlsd tunnel: cannot listen on tcp:PORT...}, and exits 1 at once
+        (it used to hang until killed, then print a traceback).
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            listen = f"tcp:{port}:interface=127.0.0.1"
+            started = time.monotonic()
+            result = mtlsd("tunnel", "--listen", listen, "--to", "localhost:1", cwd=directory)
+            elapsed = time.monotonic() - started
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(result.stderr, f"mtlsd tunnel: cannot listen on {listen}: ", "in use")
+        self.assertLess(elapsed, 5.0)
+
+
+class UsageTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    C{--version}, and mistakes in options, answered with the usage that
+    helps.
+    """
+
+    def test_version(self) -> None:
+        """
+        C{mtlsd --version} prints the installed distribution's version.
+        """
+        result = mtlsd("--version", cwd=self.workDirectory())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.decode(), f"mtlsd {version('mtlsd')}\n")
+
+    def test_typoInSubcommandOption(self) -> None:
+        """
+        An unknown option after a subcommand is reported with that
+        subcommand's usage; one before it, with the top-level usage.
+        """
+        directory = self.workDirectory()
+        for args, usage, error in [
+            (["connect", "--bogus", "localhost:1"], "usage: mtlsd connect ", "mtlsd connect: "),
+            (
+                ["connect", "localhost:1", "--certs", "x"],
+                "usage: mtlsd connect ",
+                "mtlsd connect: ",
+            ),
+            (
+                ["pki", "issue", "alice", "--dnss", "x"],
+                "usage: mtlsd pki issue ",
+                "mtlsd pki issue: ",
+            ),
+            (["inspect", "--bogus", "x.pem"], "usage: mtlsd inspect ", "mtlsd inspect: "),
+            (["--bogus", "inspect", "x.pem"], "usage: mtlsd [", "mtlsd: "),
+        ]:
+            result = mtlsd(*args, cwd=directory)
+            self.assertEqual((result.returncode, result.stdout), (2, b""), args)
+            text = result.stderr.decode()
+            self.assertTrue(text.startswith(usage), (args, text))
+            self.assertTrue(text.splitlines()[-1].startswith(error + "error: unrecognized"), text)
