@@ -226,9 +226,10 @@ def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return status
 
 
-def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
+def _clientSettings(args: argparse.Namespace, err: IO[str]) -> ClientTLSSettings:
     """
-    The client's files: as given, else the development PKI's.
+    The client's files: as given, else the development PKI's.  Says on
+    C{err} when no client certificate will be sent.
     """
     pki = DevelopmentPKI(args.pki)
     cert, key, ca = args.cert, args.key, args.ca
@@ -238,9 +239,17 @@ def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
         if not pki.exists():
             raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
         ca = pki.path("ca.crt")
-    return ClientTLSSettings.fromFiles(
+    settings = ClientTLSSettings.fromFiles(
         cert, key, ca, args.tls_min_version, args.key_passphrase_file
     )
+    if settings.certificate is None:
+        err.write(
+            f"mtlsd {args.command}: warning: no client certificate is sent (no --cert, and"
+            f" no development PKI in {args.pki}); most mutual-TLS servers will refuse"
+            " this connection.\n"
+        )
+        err.flush()
+    return settings
 
 
 def _connect(args: argparse.Namespace, err: IO[str]) -> int:
@@ -249,7 +258,7 @@ def _connect(args: argparse.Namespace, err: IO[str]) -> int:
     from ._connect import OutputClosed, relayFactory
 
     host, port = args.address
-    settings = _clientSettings(args)
+    settings = _clientSettings(args, err)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     status = 0
 
@@ -282,7 +291,7 @@ def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
     from ._relay import RelayFactory
 
     host, port = args.to
-    outbound = _clientSettings(args).endpoint(reactor, host, port, args.servername)
+    outbound = _clientSettings(args, err).endpoint(reactor, host, port, args.servername)
     try:
         endpoint = serverFromString(reactor, args.listen)
     except Exception as e:

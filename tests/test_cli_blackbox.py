@@ -7,7 +7,9 @@ mistakes, and servers that refuse the client without saying why.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -15,7 +17,7 @@ from importlib.metadata import version
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ._process import DEADLINE, MTLSD, environment, mtlsd
+from ._process import DEADLINE, MTLSD, Background, environment, mtlsd
 from .test_daemon import DaemonTestMixin
 
 # What a shell reports for a command killed by SIGPIPE, as cat is when its
@@ -226,3 +228,124 @@ class UsageTests(DaemonTestMixin, SynchronousTestCase):
             text = result.stderr.decode()
             self.assertTrue(text.startswith(usage), (args, text))
             self.assertTrue(text.splitlines()[-1].startswith(error + "error: unrecognized"), text)
+
+
+def dropAfterHandshake(pki: str, answer: bytes = b"") -> tuple[int, threading.Thread]:
+    """
+    A TLS server on the development PKI in C{pki} that, like Node's with
+    C{rejectUnauthorized}, completes the handshake with one client, sends
+    C{answer}, then drops the TCP connection without an alert or
+    close_notify.
+
+    @return: its port, and the thread that serves the one client.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(pki, "server.crt"), os.path.join(pki, "server.key"))
+    context.load_verify_locations(os.path.join(pki, "ca.crt"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(DEADLINE)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as raw:
+            tls = context.wrap_socket(raw, server_side=True)
+            if answer:
+                tls.sendall(answer)
+            # SSLSocket.shutdown drops the TLS state first: no close_notify.
+            tls.shutdown(socket.SHUT_RDWR)
+            tls.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    return listener.getsockname()[1], server
+
+
+class RefusalTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    C{mtlsd connect} says why a server may not let it in: no certificate
+    sent, or a server that drops the connection without a word.
+    """
+
+    def test_noCertificateWarns(self) -> None:
+        """
+        Without C{--cert} and without a development PKI, C{mtlsd connect}
+        warns that it sends no client certificate before connecting; the
+        server's refusal then still takes one line.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        result = mtlsd(
+            *("connect", f"localhost:{daemon.port}", "--pki", "nowhere"),
+            *("--ca", "mtlsd-pki/ca.crt"),
+            cwd=directory,
+            input=b"hello\n",
+        )
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        warning, error = result.stderr.decode().splitlines()
+        self.assertEqual(
+            warning,
+            "mtlsd connect: warning: no client certificate is sent (no --cert, and no"
+            " development PKI in nowhere); most mutual-TLS servers will refuse this connection.",
+        )
+        self.assertOneLine(
+            error.encode(),
+            f"mtlsd connect: localhost:{daemon.port}: ",
+            "rejected this client's certificate",
+            "this client sent none",
+        )
+
+    def test_tunnelWithoutCertificateWarns(self) -> None:
+        """
+        C{mtlsd tunnel} without C{--cert} and development PKI warns at
+        start-up, then listens.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        tunnel = Background(
+            [MTLSD, "tunnel", "--listen", "tcp:0:interface=127.0.0.1"]
+            + ["--to", f"localhost:{daemon.port}", "--pki", "nowhere", "--ca", "mtlsd-pki/ca.crt"],
+            directory,
+            os.path.join(directory, "tunnel.log"),
+        )
+        self.addCleanup(tunnel.stop)
+        tunnel.waitForLog(r"mtlsd tunnel: 127\.0\.0\.1:\d+ -> ")
+        self.assertRegex(
+            tunnel.log(),
+            r"^mtlsd tunnel: warning: no client certificate is sent \(no --cert, and no"
+            r" development PKI in nowhere\)",
+        )
+
+    def test_serverDropsAfterHandshake(self) -> None:
+        """
+        A server that completes the handshake and closes the TCP connection
+        without an alert: C{mtlsd connect} says so in one line, and that it
+        may not accept the client's certificate, instead of Twisted's "lost
+        in a non-clean fashion".
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        port, server = dropAfterHandshake(os.path.join(directory, "mtlsd-pki"))
+        result = mtlsd("connect", f"localhost:{port}", cwd=directory, input=b"hello\n")
+        server.join(DEADLINE)
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(
+            result.stderr,
+            f"mtlsd connect: localhost:{port}: ",
+            "the server closed the connection right after the handshake without an alert"
+            " (it may not accept this client's certificate)",
+        )
+
+    def test_serverDropsAfterData(self) -> None:
+        """
+        Once the server has sent data, its close without close_notify is
+        not blamed on the client's certificate.
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        port, server = dropAfterHandshake(os.path.join(directory, "mtlsd-pki"), b"hi\n")
+        result = mtlsd("connect", f"localhost:{port}", cwd=directory, input=b"hello\n")
+        server.join(DEADLINE)
+        self.assertEqual((result.returncode, result.stdout), (1, b"hi\n"))
+        line = self.assertOneLine(result.stderr, f"mtlsd connect: localhost:{port}: ")
+        self.assertNotIn("certificate", line)
+        self.assertTrue(re.search("lost|closed", line), line)
