@@ -189,7 +189,8 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     pki = DevelopmentPKI(args.pki)
     if args.pkiCommand == "revoke":
         crl = pki.revoke(args.name)
-        out.write(f"revoked {args.name}; {pki.path('crl.pem')} lists {len(crl)} certificates\n")
+        count = f"{len(crl)} certificate{'' if len(crl) == 1 else 's'}"
+        out.write(f"revoked {args.name}; {pki.path('crl.pem')} lists {count}\n")
         return 0
     if not args.self_signed and not pki.exists():
         raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")

@@ -349,3 +349,40 @@ class RefusalTests(DaemonTestMixin, SynchronousTestCase):
         line = self.assertOneLine(result.stderr, f"mtlsd connect: localhost:{port}: ")
         self.assertNotIn("certificate", line)
         self.assertTrue(re.search("lost|closed", line), line)
+
+
+class PKITests(DaemonTestMixin, SynchronousTestCase):
+    """
+    C{mtlsd pki} refuses names that are not names, and counts right.
+    """
+
+    def test_issueRefusesBadNames(self) -> None:
+        """
+        C{mtlsd pki issue --uri 'not a uri'} (and a DNS name that is not
+        one) exits 1 with one line naming the option and the value, and
+        writes nothing.
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        for option, value, needle in [
+            ("--uri", "not a uri", "is not a URI: it needs a scheme"),
+            ("--dns", "not a name", "is not a DNS name"),
+        ]:
+            result = mtlsd("pki", "issue", "alice", option, value, cwd=directory)
+            self.assertEqual((result.returncode, result.stdout), (1, b""))
+            self.assertOneLine(result.stderr, f"mtlsd pki: {option} '{value}' {needle}")
+        self.assertFalse(os.path.exists(os.path.join(directory, "mtlsd-pki", "alice.crt")))
+
+    def test_revokeCountsInSingular(self) -> None:
+        """
+        C{mtlsd pki revoke} of the first certificate says it lists C{1
+        certificate}.
+        """
+        directory = self.workDirectory()
+        self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
+        self.assertEqual(mtlsd("pki", "issue", "alice", cwd=directory).returncode, 0)
+        result = mtlsd("pki", "revoke", "alice", cwd=directory)
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (0, b"revoked alice; mtlsd-pki/crl.pem lists 1 certificate\n", b""),
+        )

@@ -207,12 +207,26 @@ class PKISafetyTests(SynchronousTestCase):
             (["../x"], "is not a usable certificate name"),
             (["n", "--days", "0"], "--days must be from 1 to 36500, not 0"),
             (["n", "--days", "99999999"], "--days must be from 1 to 36500"),
-            (["n", "--dns", "é.example"], "cannot make certificate n"),
+            (
+                ["n", "--dns", "é.example"],
+                "--dns 'é.example' is not an ASCII DNS name; use its IDNA form xn--9ca.example.",
+            ),
+            (["n", "--uri", "not a uri"], "--uri 'not a uri' is not a URI: it needs a scheme"),
+            (["n", "--uri", "spiffe:"], "--uri 'spiffe:' is not a URI"),
+            (["n", "--uri", "//example.org/alice"], "is not a URI: it needs a scheme"),
+            (["n", "--uri", "https://é.example/"], "only printable ASCII"),
+            (["n", "--dns", "a..example"], "--dns 'a..example' is not a DNS name or IP address"),
+            (["n", "--dns=-a.example"], "--dns '-a.example' is not a DNS name"),
+            (["n", "--dns", "a.*.example"], "--dns 'a.*.example' is not a DNS name"),
+            (["n", "--dns", "*"], "--dns '*' is not a DNS name"),
+            (["n", "--dns", "has space.example"], "is not a DNS name"),
+            (["n", "--dns", "x" * 64 + ".example"], "is not a DNS name"),
         ]:
             code, out, err = self.command("pki", "issue", "--pki", self.pki, *argv)
             self.assertEqual(code, 1, argv)
             self.assertIn(fragment, err)
             self.assertEqual(err.count("\n"), 1, err)
+        self.assertFalse(os.path.exists(os.path.join(self.pki, "n.crt")))
         self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice")[0], 0)
         first = self.read("alice.crt")
         code, out, err = self.command("pki", "issue", "--pki", self.pki, "alice")
@@ -221,6 +235,37 @@ class PKISafetyTests(SynchronousTestCase):
         self.assertEqual(self.read("alice.crt"), first)
         self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice", "--force")[0], 0)
         self.assertNotEqual(self.read("alice.crt"), first)
+
+    def test_validNamesAccepted(self) -> None:
+        """
+        C{pki issue} takes URIs of any scheme, wildcard and single-label DNS
+        names and IP addresses; C{pki init --server-name} checks its names
+        the same way.
+        """
+        code, out, err = self.command(
+            "pki", "issue", "--pki", self.pki, "n",
+            "--uri", "spiffe://example.org/ns/a", "--uri", "urn:uuid:6e8bc430-9c3a-11d9",
+            "--dns", "*.example.com", "--dns", "db-1.internal", "--dns", "localhost",
+            "--dns", "10.0.0.5", "--dns", "::1",
+        )  # fmt: skip
+        self.assertEqual((code, err), (0, ""))
+        identity = identityFromCertificate(
+            loadCertificates(os.path.join(self.pki, "n.crt"), "x")[0]
+        )
+        self.assertEqual(identity.dnsNames, ("*.example.com", "db-1.internal", "localhost"))
+        self.assertEqual(identity.ipAddresses, ("10.0.0.5", "::1"))
+        self.assertEqual(
+            identity.uris, ("spiffe://example.org/ns/a", "urn:uuid:6e8bc430-9c3a-11d9")
+        )
+        other = os.path.join(self.dir, "other")
+        code, out, err = self.command("pki", "init", other, "--server-name", "bad name")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.splitlines(), ["mtlsd pki: --server-name 'bad name' is not a DNS name or IP"
+            " address (a DNS name is letters, digits and hyphens in dot-separated labels; a"
+            " wildcard only as the first label, as in *.example.com)."]
+        )  # fmt: skip
+        self.assertFalse(os.path.exists(other))
 
     def test_unwritable(self) -> None:
         """
@@ -245,10 +290,12 @@ class RevokeTests(SynchronousTestCase):
             ["issue", "--pki", pki, "bob"],
         ):
             self.assertEqual(runCommand(self, "pki", *argv)[0], 0)
-        self.assertEqual(runCommand(self, "pki", "revoke", "--pki", pki, "alice")[0], 0)
+        code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, "alice")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.endswith(" lists 1 certificate\n"), out)
         code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, "bob")
         self.assertEqual((code, err), (0, ""))
-        self.assertIn("lists 2 certificates", out)
+        self.assertTrue(out.endswith(" lists 2 certificates\n"), out)
         [crl] = loadCRLs(os.path.join(pki, "crl.pem"))
         [ca] = loadCertificates(os.path.join(pki, "ca.crt"), "x")
         self.assertTrue(crl.is_signature_valid(ca.public_key()))  # type: ignore[arg-type]
