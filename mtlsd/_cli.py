@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
+from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
-from ._files import loadCertificates
-from ._inspect import describeCertificate
+from ._files import loadCertificateAndKey, loadCRLs, parseCertificates, readFile
+from ._inspect import describeCertificate, describeCRL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._server import formatAddress
 
@@ -142,10 +143,18 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="describe the certificates in PEM files",
-        description="Describe every certificate in each PEM file.",
+        help="describe certificates, CRLs and PKCS#12 files",
+        description="Describe every certificate and CRL in each file: PEM certificates"
+        " and CRLs, a DER CRL, or a PKCS#12 file (its key is never shown).",
     )
     inspect.add_argument("files", nargs="+", metavar="FILE")
+    inspect.add_argument(
+        "--passphrase-file",
+        "--key-passphrase-file",
+        dest="passphrase_file",
+        metavar="FILE",
+        help="file whose first line is the password of the PKCS#12 files",
+    )
 
     connect = commands.add_parser(
         "connect",
@@ -206,15 +215,53 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _readForInspection(
+    path: str, passphrasePath: str | None
+) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList], str]:
+    """
+    Read what the daemon would read in C{path}: PEM certificates and CRLs,
+    a DER CRL, or a PKCS#12 file.
+
+    @return: the certificates, the CRLs, and a line to print first.
+    @raise ConfigurationError: if the file is none of these.
+    """
+    data = readFile(path, "the")
+    if b"-----BEGIN" in data:
+        hasCertificates = b"CERTIFICATE-----" in data
+        crls = loadCRLs(path) if b"X509 CRL-----" in data else []
+        if not hasCertificates and not crls:
+            key = " a private key (never shown) but" if b"PRIVATE KEY-----" in data else ""
+            raise ConfigurationError(f"{path} holds{key} no PEM certificate or CRL.")
+        return parseCertificates(data, path) if hasCertificates else [], crls, ""
+    try:
+        return [], loadCRLs(path), ""
+    except ConfigurationError:
+        pass
+    try:
+        loaded = loadCertificateAndKey(path, None, "inspected", passphrasePath)
+    except ConfigurationError as e:
+        if "is not a PKCS#12 file" not in str(e):
+            raise
+        raise ConfigurationError(
+            f"{path} holds no certificate or CRL (PEM, or a DER CRL) and is not a PKCS#12 file."
+        ) from None
+    certificates = [loaded.certificate, *loaded.chain]
+    return certificates, [], f"{path}: PKCS#12 with a private key (not shown) and certificates:\n"
+
+
 def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     status = 0
     for path in args.files:
         try:
-            certificates = loadCertificates(path, "certificate")
+            certificates, crls, header = _readForInspection(path, args.passphrase_file)
         except ConfigurationError as e:
             err.write(f"mtlsd inspect: {e}\n")
             status = 1
             continue
+        out.write(header)
+        for number, crl in enumerate(crls, 1):
+            out.write(f"{path} CRL [{number}/{len(crls)}]\n")
+            out.write("".join(line + "\n" for line in describeCRL(crl)))
         for number, certificate in enumerate(certificates, 1):
             out.write(f"{path} [{number}/{len(certificates)}]\n")
             try:

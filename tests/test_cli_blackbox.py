@@ -17,7 +17,7 @@ from importlib.metadata import version
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ._process import DEADLINE, MTLSD, Background, environment, mtlsd
+from ._process import DEADLINE, MTLSD, Background, environment, mtlsd, openssl
 from .test_daemon import DaemonTestMixin
 
 # What a shell reports for a command killed by SIGPIPE, as cat is when its
@@ -386,3 +386,54 @@ class PKITests(DaemonTestMixin, SynchronousTestCase):
             (result.returncode, result.stdout, result.stderr),
             (0, b"revoked alice; mtlsd-pki/crl.pem lists 1 certificate\n", b""),
         )
+
+
+class InspectTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    C{mtlsd inspect} reads the CRLs and PKCS#12 files the daemon accepts.
+    """
+
+    def test_crlAndPKCS12(self) -> None:
+        """
+        After C{mtlsd pki revoke alice}, C{mtlsd inspect mtlsd-pki/crl.pem}
+        names the CA and lists alice's serial as C{inspect} shows it on her
+        certificate; a PKCS#12 file made by C{openssl pkcs12 -export} is
+        described with C{--passphrase-file}, its key not shown; a file that
+        is none of these gets one line and exit 1.
+        """
+        self.requireOpenSSL()
+        directory = self.workDirectory()
+        for args in (("pki", "init"), ("pki", "issue", "alice"), ("pki", "revoke", "alice")):
+            self.assertEqual(mtlsd(*args, cwd=directory).returncode, 0, args)
+        alice = mtlsd("inspect", "mtlsd-pki/alice.crt", cwd=directory)
+        serial = re.search(r"serial: +([0-9a-f]+)\n", alice.stdout.decode())
+        assert serial is not None
+
+        result = mtlsd("inspect", "mtlsd-pki/crl.pem", cwd=directory)
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        text = result.stdout.decode()
+        self.assertTrue(text.startswith("mtlsd-pki/crl.pem CRL [1/1]\n"), text)
+        self.assertRegex(text, r"\n  issuer: +CN=mtlsd development CA\n")
+        self.assertRegex(text, r"\n  nextUpdate: +\d{4}-\d\d-\d\d .* UTC \(\d+ days left\)\n")
+        self.assertRegex(
+            text, r"\n  revoked: +1 certificate\n    serial " + serial.group(1) + " on "
+        )
+
+        with open(os.path.join(directory, "pass"), "w") as f:
+            f.write("s3cret\n")
+        openssl(
+            *("pkcs12", "-export", "-in", "mtlsd-pki/alice.crt", "-inkey", "mtlsd-pki/alice.key"),
+            *("-certfile", "mtlsd-pki/ca.crt", "-passout", "file:pass", "-out", "alice.p12"),
+            cwd=directory,
+        )
+        result = mtlsd("inspect", "--passphrase-file", "pass", "alice.p12", cwd=directory)
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        text = result.stdout.decode()
+        self.assertIn("alice.p12: PKCS#12 with a private key (not shown)", text)
+        self.assertRegex(text, r"alice\.p12 \[1/2\]\n  subject: +CN=alice\n")
+        self.assertRegex(text, r"alice\.p12 \[2/2\]\n  subject: +CN=mtlsd development CA\n")
+        self.assertNotIn("PRIVATE", text)
+
+        result = mtlsd("inspect", "pass", cwd=directory)
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(result.stderr, "mtlsd inspect: pass holds no certificate or CRL")
