@@ -21,7 +21,7 @@ from service_identity.cryptography import (
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -362,9 +362,13 @@ def describeClientFailure(
                 f"the server rejected this client's certificate ({alert}{none})"
             )
         return ServerRejectedClient(f"the server ended the handshake ({alert})")
-    if silentSinceHandshake and isinstance(error, ConnectionLost):
-        # Twisted's "lost in a non-clean fashion": an end of the TCP
-        # connection without close_notify.
+    if (
+        silentSinceHandshake
+        and reason.check(ConnectionLost)
+        and not reason.check(ConnectionAborted)
+    ):
+        # Twisted's "lost in a non-clean fashion": the TCP connection ended
+        # (or was reset) without close_notify; not our own abortConnection.
         return ServerRejectedClient(
             "the server closed the connection right after the handshake without"
             " an alert (it may not accept this client's certificate)"
