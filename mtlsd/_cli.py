@@ -6,20 +6,27 @@ The C{mtlsd} command: C{pki}, C{inspect} and C{connect}.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
+from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
-from ._files import loadCertificates
-from ._inspect import describeCertificate
+from ._files import loadCertificateAndKey, loadCRLs, parseCertificates, readFile
+from ._inspect import describeCertificate, describeCRL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._server import formatAddress
+
+# The exit status of a command whose standard output was closed under it:
+# what a shell reports for one killed by SIGPIPE, as cat is.
+OUTPUT_CLOSED = 128 + 13
 
 
 def parseHostPort(value: str) -> tuple[str, int]:
@@ -61,11 +68,37 @@ def _clientArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """
+    The parser of one subcommand, which reports an unknown option with its
+    own usage: argparse leaves it to the top parser, whose usage does not
+    say what the subcommand takes.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _version() -> str:
+    try:
+        return version("mtlsd")
+    except PackageNotFoundError:  # pragma: no cover (run from a source tree)
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlsd", description="Mutual TLS: a development PKI, inspection, a client."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     pki = commands.add_parser("pki", help="make a development PKI and certificates")
     pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue|revoke")
@@ -110,10 +143,18 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="describe the certificates in PEM files",
-        description="Describe every certificate in each PEM file.",
+        help="describe certificates, CRLs and PKCS#12 files",
+        description="Describe every certificate and CRL in each file: PEM certificates"
+        " and CRLs, a DER CRL, or a PKCS#12 file (its key is never shown).",
     )
     inspect.add_argument("files", nargs="+", metavar="FILE")
+    inspect.add_argument(
+        "--passphrase-file",
+        "--key-passphrase-file",
+        dest="passphrase_file",
+        metavar="FILE",
+        help="file whose first line is the password of the PKCS#12 files",
+    )
 
     connect = commands.add_parser(
         "connect",
@@ -157,7 +198,8 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     pki = DevelopmentPKI(args.pki)
     if args.pkiCommand == "revoke":
         crl = pki.revoke(args.name)
-        out.write(f"revoked {args.name}; {pki.path('crl.pem')} lists {len(crl)} certificates\n")
+        count = f"{len(crl)} certificate{'' if len(crl) == 1 else 's'}"
+        out.write(f"revoked {args.name}; {pki.path('crl.pem')} lists {count}\n")
         return 0
     if not args.self_signed and not pki.exists():
         raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")
@@ -173,15 +215,53 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _readForInspection(
+    path: str, passphrasePath: str | None
+) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList], str]:
+    """
+    Read what the daemon would read in C{path}: PEM certificates and CRLs,
+    a DER CRL, or a PKCS#12 file.
+
+    @return: the certificates, the CRLs, and a line to print first.
+    @raise ConfigurationError: if the file is none of these.
+    """
+    data = readFile(path, "the")
+    if b"-----BEGIN" in data:
+        hasCertificates = b"CERTIFICATE-----" in data
+        crls = loadCRLs(path) if b"X509 CRL-----" in data else []
+        if not hasCertificates and not crls:
+            key = " a private key (never shown) but" if b"PRIVATE KEY-----" in data else ""
+            raise ConfigurationError(f"{path} holds{key} no PEM certificate or CRL.")
+        return parseCertificates(data, path) if hasCertificates else [], crls, ""
+    try:
+        return [], loadCRLs(path), ""
+    except ConfigurationError:
+        pass
+    try:
+        loaded = loadCertificateAndKey(path, None, "inspected", passphrasePath)
+    except ConfigurationError as e:
+        if "is not a PKCS#12 file" not in str(e):
+            raise
+        raise ConfigurationError(
+            f"{path} holds no certificate or CRL (PEM, or a DER CRL) and is not a PKCS#12 file."
+        ) from None
+    certificates = [loaded.certificate, *loaded.chain]
+    return certificates, [], f"{path}: PKCS#12 with a private key (not shown) and certificates:\n"
+
+
 def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     status = 0
     for path in args.files:
         try:
-            certificates = loadCertificates(path, "certificate")
+            certificates, crls, header = _readForInspection(path, args.passphrase_file)
         except ConfigurationError as e:
             err.write(f"mtlsd inspect: {e}\n")
             status = 1
             continue
+        out.write(header)
+        for number, crl in enumerate(crls, 1):
+            out.write(f"{path} CRL [{number}/{len(crls)}]\n")
+            out.write("".join(line + "\n" for line in describeCRL(crl)))
         for number, certificate in enumerate(certificates, 1):
             out.write(f"{path} [{number}/{len(certificates)}]\n")
             try:
@@ -194,9 +274,10 @@ def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return status
 
 
-def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
+def _clientSettings(args: argparse.Namespace, err: IO[str]) -> ClientTLSSettings:
     """
-    The client's files: as given, else the development PKI's.
+    The client's files: as given, else the development PKI's.  Says on
+    C{err} when no client certificate will be sent.
     """
     pki = DevelopmentPKI(args.pki)
     cert, key, ca = args.cert, args.key, args.ca
@@ -206,18 +287,26 @@ def _clientSettings(args: argparse.Namespace) -> ClientTLSSettings:
         if not pki.exists():
             raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
         ca = pki.path("ca.crt")
-    return ClientTLSSettings.fromFiles(
+    settings = ClientTLSSettings.fromFiles(
         cert, key, ca, args.tls_min_version, args.key_passphrase_file
     )
+    if settings.certificate is None:
+        err.write(
+            f"mtlsd {args.command}: warning: no client certificate is sent (no --cert, and"
+            f" no development PKI in {args.pki}); most mutual-TLS servers will refuse"
+            " this connection.\n"
+        )
+        err.flush()
+    return settings
 
 
 def _connect(args: argparse.Namespace, err: IO[str]) -> int:
     from twisted.internet.task import react
 
-    from ._connect import relayFactory
+    from ._connect import OutputClosed, relayFactory
 
     host, port = args.address
-    settings = _clientSettings(args)
+    settings = _clientSettings(args, err)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     status = 0
 
@@ -228,6 +317,8 @@ def _connect(args: argparse.Namespace, err: IO[str]) -> int:
         try:
             await endpoint.connect(relayFactory(args.verbose, err, done))
             await done
+        except OutputClosed:
+            status = OUTPUT_CLOSED
         except Exception as e:
             err.write(f"mtlsd connect: {where}: {e}\n")
             status = 1
@@ -248,7 +339,7 @@ def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
     from ._relay import RelayFactory
 
     host, port = args.to
-    outbound = _clientSettings(args).endpoint(reactor, host, port, args.servername)
+    outbound = _clientSettings(args, err).endpoint(reactor, host, port, args.servername)
     try:
         endpoint = serverFromString(reactor, args.listen)
     except Exception as e:
@@ -259,34 +350,56 @@ def _tunnel(args: argparse.Namespace, err: IO[str]) -> int:
         where = formatAddress(listeningPort.getHost())
         err.write(f"mtlsd tunnel: {where} -> {host}:{port} over mutual TLS\n")
         err.flush()
+        # Only now: a tunnel that cannot listen prints its one line, not
+        # the reactor's "Main loop terminated".
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
 
     def cannotListen(failure: Failure) -> None:
         failed.append(failure.getErrorMessage())
         reactor.stop()
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
-    endpoint.listen(RelayFactory(outbound)).addCallbacks(listening, cannotListen)
+    # Listening can fail at once (a port in use): start only once the
+    # reactor runs, so that reactor.stop() ends it.
+    reactor.callWhenRunning(
+        lambda: endpoint.listen(RelayFactory(outbound)).addCallbacks(listening, cannotListen)
+    )
     reactor.run()
     if failed:
         raise ConfigurationError(f"cannot listen on {args.listen}: {failed[0]}")
     return 0
 
 
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error
+        return e.code if isinstance(e.code, int) else 1
+    try:
+        if args.command == "pki":
+            return _pki(args, sys.stdout)
+        elif args.command == "inspect":
+            return _inspect(args, sys.stdout, sys.stderr)
+        elif args.command == "tunnel":
+            return _tunnel(args, sys.stderr)
+        else:
+            return _connect(args, sys.stderr)
+    except ConfigurationError as e:
+        sys.stderr.write(f"mtlsd {args.command}: {e}\n")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Run the C{mtlsd} command.
     """
-    args = _parser().parse_args(argv)
     try:
-        if args.command == "pki":
-            status = _pki(args, sys.stdout)
-        elif args.command == "inspect":
-            status = _inspect(args, sys.stdout, sys.stderr)
-        elif args.command == "tunnel":
-            status = _tunnel(args, sys.stderr)
-        else:
-            status = _connect(args, sys.stderr)
-    except ConfigurationError as e:
-        sys.stderr.write(f"mtlsd {args.command}: {e}\n")
-        status = 1
+        status = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of standard output has gone (mtlsd inspect ... | head):
+        # end quietly as cat does.  The recipe of Python's documentation
+        # (signal module, "Note on SIGPIPE"): nothing more may reach the
+        # closed pipe, not even the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = OUTPUT_CLOSED
     raise SystemExit(status)

@@ -21,7 +21,7 @@ from service_identity.cryptography import (
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -236,8 +236,11 @@ class _ClientGate(ProtocolWrapper):
     """
 
     factory: _ClientGateFactory
+    handshakeDone = False
+    received = False
 
     def handshakeCompleted(self) -> None:
+        self.handshakeDone = True
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
@@ -251,9 +254,18 @@ class _ClientGate(ProtocolWrapper):
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
 
+    def dataReceived(self, data: bytes) -> None:
+        self.received = True
+        ProtocolWrapper.dataReceived(self, data)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         connection = self.transport.getHandle()  # type: ignore[union-attr]
-        error = describeClientFailure(reason, self.factory.context, connection)
+        error = describeClientFailure(
+            reason,
+            self.factory.context,
+            connection,
+            silentSinceHandshake=self.handshakeDone and not self.received,
+        )
         ProtocolWrapper.connectionLost(self, reason if error is None else Failure(error))
 
 
@@ -313,7 +325,10 @@ def _nameError(error: Exception, hostname: str) -> ServerNotTrusted:
 
 
 def describeClientFailure(
-    reason: Failure, context: ClientContext, connection: SSL.Connection | None
+    reason: Failure,
+    context: ClientContext,
+    connection: SSL.Connection | None,
+    silentSinceHandshake: bool = False,
 ) -> Exception | None:
     """
     Turn the reason a client connection was lost into a clear exception, or
@@ -321,7 +336,12 @@ def describeClientFailure(
 
     With TLS 1.3 a client's handshake completes before the server has checked
     its certificate; a rejection arrives afterwards as an alert.  This is
-    where such an alert becomes L{ServerRejectedClient}.
+    where such an alert becomes L{ServerRejectedClient}.  Some servers
+    (Node's C{rejectUnauthorized}) send no alert: they complete the
+    handshake and drop the connection.
+
+    @param silentSinceHandshake: whether the handshake completed and the
+        server has sent no application data since.
     """
     error = reason.value
     if isinstance(error, ConnectionDone):
@@ -337,8 +357,22 @@ def describeClientFailure(
     alert = peerAlert(reason)
     if alert is not None:
         if "certificate" in alert or "unknown ca" in alert or "access denied" in alert:
-            return ServerRejectedClient(f"the server rejected this client's certificate ({alert})")
+            none = "; this client sent none" if context.settings.certificate is None else ""
+            return ServerRejectedClient(
+                f"the server rejected this client's certificate ({alert}{none})"
+            )
         return ServerRejectedClient(f"the server ended the handshake ({alert})")
+    if (
+        silentSinceHandshake
+        and reason.check(ConnectionLost)
+        and not reason.check(ConnectionAborted)
+    ):
+        # Twisted's "lost in a non-clean fashion": the TCP connection ended
+        # (or was reset) without close_notify; not our own abortConnection.
+        return ServerRejectedClient(
+            "the server closed the connection right after the handshake without"
+            " an alert (it may not accept this client's certificate)"
+        )
     texts = opensslReasons(error)
     if texts:
         return Exception("TLS error: " + "; ".join(texts))

@@ -19,6 +19,13 @@ from zope.interface import implementer
 from ._identity import peerIdentity
 
 
+class OutputClosed(Exception):
+    """
+    Standard output was closed before all of the server's bytes were
+    written to it.
+    """
+
+
 @implementer(IHalfCloseableProtocol)
 class _StandardIOSide(Protocol):
     """
@@ -36,9 +43,13 @@ class _StandardIOSide(Protocol):
         self.relay.endOfInput()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self.relay.outputClosed()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # After the TLS side's loseConnection: the output is flushed (done),
+        # or its reader went away first (lost).
+        if not reason.check(ConnectionDone):
+            self.relay.outputClosed()
         self.relay.standardIOClosed()
 
 
@@ -55,6 +66,8 @@ class _TLSSide(Protocol):
         self.stdio: StandardIO | None = None
         self.handshakeDone = False
         self.inputEnded = False
+        self.outputGone = False
+        self.closed = False
         self.error: BaseException | None = None
 
     def connectionMade(self) -> None:
@@ -94,11 +107,21 @@ class _TLSSide(Protocol):
         self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
+    def outputClosed(self) -> None:
+        """
+        Standard output's reader went away (C{| head}): what the server
+        sends can go nowhere, so end the connection now, as C{cat} ends.
+        """
+        self.outputGone = True
+        if not self.closed:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
     def dataReceived(self, data: bytes) -> None:
         assert self.stdio is not None
         self.stdio.write(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.closed = True
         # mtlsd's client endpoint already turned a failure into one sentence.
         self.error = None if reason.check(ConnectionDone) else reason.value
         assert self.stdio is not None
@@ -106,19 +129,25 @@ class _TLSSide(Protocol):
         # registered as its producer it would resume it instead of closing.
         self.stdio.unregisterProducer()
         self.stdio.loseConnection()
+        if self.outputGone:
+            # Twisted's StandardIO, its output gone, calls no connectionLost.
+            self.standardIOClosed()
 
     def standardIOClosed(self) -> None:
-        if not self.done.called:
-            if self.error is None:
-                self.done.callback(None)
-            else:
-                self.done.errback(self.error)
+        if self.done.called:
+            return
+        if self.outputGone:
+            self.done.errback(OutputClosed())
+        elif self.error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(self.error)
 
 
 def relayFactory(verbose: bool, stderr: IO[str], done: Deferred[None]) -> Factory:
     """
     @return: a factory for the one connection of C{mtlsd connect}; C{done}
         fires when the server has closed and the output is flushed, or
-        fails with the reason the connection failed.
+        fails with the reason the connection failed, or L{OutputClosed}.
     """
     return Factory.forProtocol(lambda: _TLSSide(verbose, stderr, done))

@@ -1,6 +1,7 @@
 # -*- test-case-name: mtlsd.test.test_cli -*-
 """
-C{mtlsd inspect}: what is in a PEM bundle, certificate by certificate.
+C{mtlsd inspect}: what is in a PEM bundle, certificate by certificate, and
+in a CRL.
 """
 
 from __future__ import annotations
@@ -63,3 +64,37 @@ def describeCertificate(
     yield f"  usage:        {_usages(certificate)}"
     yield f"  sha256:       {identity.fingerprint}"
     yield f"  spki sha256:  {identity.spkiFingerprint}"
+
+
+def _when(moment: datetime.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def describeCRL(
+    crl: x509.CertificateRevocationList, now: datetime.datetime | None = None
+) -> Iterator[str]:
+    """
+    @return: lines describing C{crl}: issuer, thisUpdate and nextUpdate
+        (flagging a CRL past its nextUpdate, which OpenSSL refuses), and
+        the serial numbers it revokes, in the form C{describeCertificate}
+        shows them.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    nextUpdate = crl.next_update_utc
+    if nextUpdate is None:
+        state = "none"
+    elif nextUpdate < now:
+        state = (
+            f"{_when(nextUpdate)} (EXPIRED {(now - nextUpdate).days} days ago: every"
+            " certificate of this issuer is refused until it is renewed)"
+        )
+    else:
+        state = f"{_when(nextUpdate)} ({(nextUpdate - now).days} days left)"
+    revoked = sorted(crl, key=lambda entry: entry.serial_number)
+    yield f"  issuer:       {crl.issuer.rfc4514_string()}"
+    yield f"  thisUpdate:   {_when(crl.last_update_utc)}"
+    yield f"  nextUpdate:   {state}"
+    count = f"{len(revoked)} certificate{'' if len(revoked) == 1 else 's'}"
+    yield f"  revoked:      {count if revoked else 'none'}"
+    for entry in revoked:
+        yield f"    serial {entry.serial_number:x} on {_when(entry.revocation_date_utc)}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import idna
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,6 +55,49 @@ def _generalNames(
     general.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
     general.extend(x509.RFC822Name(email) for email in emails)
     return general
+
+
+# RFC 3986: a scheme, a colon, then printable ASCII without spaces.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
+# One DNS label (RFC 1123 letters, digits and hyphens, not at either end).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def checkURI(uri: str, option: str = "--uri") -> None:
+    """
+    @raise ConfigurationError: if C{uri} is not an absolute URI (one with a
+        scheme, such as a SPIFFE ID).
+    """
+    if not _URI.fullmatch(uri):
+        raise ConfigurationError(
+            f"{option} {uri!r} is not a URI: it needs a scheme (as in spiffe://example.org/alice)"
+            " and only printable ASCII, without spaces."
+        )
+
+
+def checkName(name: str, option: str = "--dns") -> None:
+    """
+    @raise ConfigurationError: if C{name} is neither an IP address nor a DNS
+        name in ASCII (a wildcard C{*.} first label allowed).
+    """
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    if not name.isascii():
+        try:
+            suggestion = f"; use its IDNA form {idna.encode(name).decode()}"
+        except idna.IDNAError:
+            suggestion = ""
+        raise ConfigurationError(f"{option} {name!r} is not an ASCII DNS name{suggestion}.")
+    labels = name.removeprefix("*.").split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigurationError(
+            f"{option} {name!r} is not a DNS name or IP address (a DNS name is letters, digits"
+            " and hyphens in dot-separated labels; a wildcard only as the first label, as in"
+            " *.example.com)."
+        )
 
 
 def makeCertificate(
@@ -259,8 +304,11 @@ class DevelopmentPKI:
         existing CA is never replaced.
 
         @raise ConfigurationError: if only half of the CA (certificate or
-            key) is there, or a file cannot be written.
+            key) is there, a server name is not a DNS name or IP address, or
+            a file cannot be written.
         """
+        for serverName in serverNames:
+            checkName(serverName, "--server-name")
         with _fileErrors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             ca, caKey = self.path("ca.crt"), self.path("ca.key")
@@ -311,6 +359,10 @@ class DevelopmentPKI:
             raise ConfigurationError(f"{name!r} is not a usable certificate name.")
         if not 1 <= days <= 36500:
             raise ConfigurationError(f"--days must be from 1 to 36500, not {days}.")
+        for dnsName in dnsNames:
+            checkName(dnsName)
+        for uri in uris:
+            checkURI(uri)
         if self.path(f"{name}.crt").exists() and not replace:
             raise ConfigurationError(
                 f"{self.path(name + '.crt')} exists; use --force to replace it."

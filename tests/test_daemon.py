@@ -468,8 +468,12 @@ class RejectionTests(DaemonTestMixin, SynchronousTestCase):
                 "connect", f"localhost:{daemon.port}", *args, *ca, cwd=directory, input=b"hi\n"
             )
             self.assertEqual((result.returncode, result.stdout), (1, b""), args)
+            # Without a certificate (--pki nowhere) a warning comes first.
             self.assertOneLine(
-                result.stderr, "mtlsd connect: ", "rejected this client's certificate"
+                result.stderr,
+                f"mtlsd connect: localhost:{daemon.port}: ",
+                "rejected this client's certificate",
+                alone=number > 1,
             )
             logged = daemon.waitForRejections(number)
             self.assertEqual(len(logged), number, logged)

@@ -4,19 +4,22 @@ tested end to end in C{tests/}).
 """
 
 import argparse
+import datetime
 import io
 import os
 import stat
 import sys
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._cli import main, parseHostPort
 from mtlsd._files import loadCertificates, loadCRLs
 from mtlsd._identity import identityFromCertificate
-from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM
-from mtlsd.test.helpers import hoursAgo, selfSigned
+from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM, keyPEM, makeCRL, newKey
+from mtlsd.test.helpers import TestCA, hoursAgo, selfSigned
 
 FILES = "ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()
 
@@ -127,19 +130,123 @@ class CommandTests(SynchronousTestCase):
 
     def test_inspectBadFile(self) -> None:
         """
-        A file that is not certificates gives one line and exit 1; the other
-        files are still described.
+        A file that is neither certificates, a CRL nor PKCS#12 gives one
+        line and exit 1; the other files are still described.  A key file
+        is said to hold a key, which is not shown.
         """
-        bad = self.path("bad.pem")
-        with open(bad, "wb") as f:
-            f.write(b"not a certificate\n")
-        good = self.path("good.pem")
-        with open(good, "wb") as f:
-            f.write(certificatePEM(selfSigned("good").certificate))
-        code, out, err = self.command("inspect", bad, good)
+        bad = self.write("bad.pem", b"not a certificate\n")
+        binary = self.write("bad.der", bytes(range(256)))
+        key = self.write("alice.key", keyPEM(newKey()))
+        good = self.write("good.pem", certificatePEM(selfSigned("good").certificate))
+        code, out, err = self.command("inspect", bad, binary, key, good, self.path("missing"))
         self.assertEqual(code, 1)
-        self.assertEqual(err, f"mtlsd inspect: certificate file {bad} holds no PEM certificate.\n")
+        neither = "holds no certificate or CRL (PEM, or a DER CRL) and is not a PKCS#12 file."
+        self.assertEqual(
+            err.splitlines(),
+            [
+                f"mtlsd inspect: {bad} {neither}",
+                f"mtlsd inspect: {binary} {neither}",
+                f"mtlsd inspect: {key} holds a private key (never shown) but no PEM"
+                " certificate or CRL.",
+                f"mtlsd inspect: the file {self.path('missing')} does not exist.",
+            ],
+        )
         self.assertIn("CN=good", out)
+        self.assertNotIn("alice.key", out)
+
+    def write(self, name: str, data: bytes) -> str:
+        with open(self.path(name), "wb") as f:
+            f.write(data)
+        return self.path(name)
+
+    def test_inspectCRL(self) -> None:
+        """
+        C{inspect} describes a CRL, PEM or DER: its issuer, thisUpdate,
+        nextUpdate (flagging one past it) and the serials it revokes, in the
+        form it shows certificates' serials.
+        """
+        ca = TestCA("Revoking CA")
+        alice = ca.issue("alice").certificate
+        start = hoursAgo(1).replace(microsecond=0)
+        crl = makeCRL((ca.certificate, ca.key), [alice, 0x1234], days=10, lastUpdate=start)
+        pem = self.write("crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+        der = self.write("crl.der", crl.public_bytes(serialization.Encoding.DER))
+        code, out, err = self.command("inspect", pem, der)
+        self.assertEqual((code, err), (0, ""))
+        forPEM, forDER = out.split(f"{der} CRL [1/1]\n")
+        self.assertTrue(forPEM.startswith(f"{pem} CRL [1/1]\n"), out)
+        self.assertEqual(forPEM.split("\n", 1)[1], forDER)
+        revoked = sorted([alice.serial_number, 0x1234])
+        self.assertEqual(
+            forDER.splitlines()[:4],
+            [
+                "  issuer:       CN=Revoking CA",
+                f"  thisUpdate:   {start:%Y-%m-%d %H:%M:%S} UTC",
+                f"  nextUpdate:   {start + datetime.timedelta(days=10):%Y-%m-%d %H:%M:%S}"
+                " UTC (9 days left)",
+                "  revoked:      2 certificates",
+            ],
+        )
+        self.assertRegex(forDER.splitlines()[4], rf"^    serial {revoked[0]:x} on \d{{4}}-")
+        self.assertRegex(forDER.splitlines()[5], rf"^    serial {revoked[1]:x} on \d{{4}}-")
+        self.assertIn(f"serial:       {alice.serial_number:x}\n", self.inspectCertificate(alice))
+
+        old = makeCRL((ca.certificate, ca.key), days=1, lastUpdate=hoursAgo(72))
+        code, out, err = self.command(
+            "inspect", self.write("old.pem", old.public_bytes(serialization.Encoding.PEM))
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("(EXPIRED 2 days ago: every certificate of this issuer is refused", out)
+        self.assertIn("  revoked:      none\n", out)
+
+    def inspectCertificate(self, certificate: x509.Certificate) -> str:
+        code, out, err = self.command("inspect", self.write("c.pem", certificatePEM(certificate)))
+        self.assertEqual((code, err), (0, ""))
+        return out
+
+    def test_inspectPKCS12(self) -> None:
+        """
+        C{inspect --passphrase-file} describes the certificate and chain of
+        a PKCS#12 file and never shows its key; without the password, or
+        with a wrong one, one line and exit 1.
+        """
+        ca = TestCA("P12 CA")
+        alice = ca.issue("alice")
+        data = pkcs12.serialize_key_and_certificates(
+            b"alice",
+            alice.key,
+            alice.certificate,
+            [ca.certificate],
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+        bundle = self.write("alice.p12", data)
+        passphrase = self.write("pass", b"s3cret\n")
+        code, out, err = self.command("inspect", "--passphrase-file", passphrase, bundle)
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(
+            lines[0], f"{bundle}: PKCS#12 with a private key (not shown) and certificates:"
+        )
+        self.assertEqual(lines[1], f"{bundle} [1/2]")
+        self.assertIn("  subject:      CN=alice", lines)
+        self.assertIn(f"{bundle} [2/2]", lines)
+        self.assertIn("  subject:      CN=P12 CA", lines)
+        for secret in keyPEM(alice.key).splitlines()[1:-1]:
+            self.assertNotIn(secret.decode(), out)
+        self.assertNotIn("PRIVATE KEY", out)
+
+        for extra, fragment in [
+            ((), "is a PKCS#12 file with a password: give it with --key-passphrase-file."),
+            (
+                ("--passphrase-file", self.write("wrong", b"wrong\n")),
+                "is a PKCS#12 file that the passphrase from",
+            ),
+        ]:
+            code, out, err = self.command("inspect", *extra, bundle)
+            self.assertEqual((code, out), (1, ""))
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertTrue(err.startswith(f"mtlsd inspect: inspected certificate file {bundle} "))
+            self.assertIn(fragment, err)
 
     def test_hostPort(self) -> None:
         """
@@ -207,12 +314,26 @@ class PKISafetyTests(SynchronousTestCase):
             (["../x"], "is not a usable certificate name"),
             (["n", "--days", "0"], "--days must be from 1 to 36500, not 0"),
             (["n", "--days", "99999999"], "--days must be from 1 to 36500"),
-            (["n", "--dns", "é.example"], "cannot make certificate n"),
+            (
+                ["n", "--dns", "é.example"],
+                "--dns 'é.example' is not an ASCII DNS name; use its IDNA form xn--9ca.example.",
+            ),
+            (["n", "--uri", "not a uri"], "--uri 'not a uri' is not a URI: it needs a scheme"),
+            (["n", "--uri", "spiffe:"], "--uri 'spiffe:' is not a URI"),
+            (["n", "--uri", "//example.org/alice"], "is not a URI: it needs a scheme"),
+            (["n", "--uri", "https://é.example/"], "only printable ASCII"),
+            (["n", "--dns", "a..example"], "--dns 'a..example' is not a DNS name or IP address"),
+            (["n", "--dns=-a.example"], "--dns '-a.example' is not a DNS name"),
+            (["n", "--dns", "a.*.example"], "--dns 'a.*.example' is not a DNS name"),
+            (["n", "--dns", "*"], "--dns '*' is not a DNS name"),
+            (["n", "--dns", "has space.example"], "is not a DNS name"),
+            (["n", "--dns", "x" * 64 + ".example"], "is not a DNS name"),
         ]:
             code, out, err = self.command("pki", "issue", "--pki", self.pki, *argv)
             self.assertEqual(code, 1, argv)
             self.assertIn(fragment, err)
             self.assertEqual(err.count("\n"), 1, err)
+        self.assertFalse(os.path.exists(os.path.join(self.pki, "n.crt")))
         self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice")[0], 0)
         first = self.read("alice.crt")
         code, out, err = self.command("pki", "issue", "--pki", self.pki, "alice")
@@ -221,6 +342,37 @@ class PKISafetyTests(SynchronousTestCase):
         self.assertEqual(self.read("alice.crt"), first)
         self.assertEqual(self.command("pki", "issue", "--pki", self.pki, "alice", "--force")[0], 0)
         self.assertNotEqual(self.read("alice.crt"), first)
+
+    def test_validNamesAccepted(self) -> None:
+        """
+        C{pki issue} takes URIs of any scheme, wildcard and single-label DNS
+        names and IP addresses; C{pki init --server-name} checks its names
+        the same way.
+        """
+        code, out, err = self.command(
+            "pki", "issue", "--pki", self.pki, "n",
+            "--uri", "spiffe://example.org/ns/a", "--uri", "urn:uuid:6e8bc430-9c3a-11d9",
+            "--dns", "*.example.com", "--dns", "db-1.internal", "--dns", "localhost",
+            "--dns", "10.0.0.5", "--dns", "::1",
+        )  # fmt: skip
+        self.assertEqual((code, err), (0, ""))
+        identity = identityFromCertificate(
+            loadCertificates(os.path.join(self.pki, "n.crt"), "x")[0]
+        )
+        self.assertEqual(identity.dnsNames, ("*.example.com", "db-1.internal", "localhost"))
+        self.assertEqual(identity.ipAddresses, ("10.0.0.5", "::1"))
+        self.assertEqual(
+            identity.uris, ("spiffe://example.org/ns/a", "urn:uuid:6e8bc430-9c3a-11d9")
+        )
+        other = os.path.join(self.dir, "other")
+        code, out, err = self.command("pki", "init", other, "--server-name", "bad name")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.splitlines(), ["mtlsd pki: --server-name 'bad name' is not a DNS name or IP"
+            " address (a DNS name is letters, digits and hyphens in dot-separated labels; a"
+            " wildcard only as the first label, as in *.example.com)."]
+        )  # fmt: skip
+        self.assertFalse(os.path.exists(other))
 
     def test_unwritable(self) -> None:
         """
@@ -245,10 +397,12 @@ class RevokeTests(SynchronousTestCase):
             ["issue", "--pki", pki, "bob"],
         ):
             self.assertEqual(runCommand(self, "pki", *argv)[0], 0)
-        self.assertEqual(runCommand(self, "pki", "revoke", "--pki", pki, "alice")[0], 0)
+        code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, "alice")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.endswith(" lists 1 certificate\n"), out)
         code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, "bob")
         self.assertEqual((code, err), (0, ""))
-        self.assertIn("lists 2 certificates", out)
+        self.assertTrue(out.endswith(" lists 2 certificates\n"), out)
         [crl] = loadCRLs(os.path.join(pki, "crl.pem"))
         [ca] = loadCertificates(os.path.join(pki, "ca.crt"), "x")
         self.assertTrue(crl.is_signature_valid(ca.public_key()))  # type: ignore[arg-type]

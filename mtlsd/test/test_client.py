@@ -3,6 +3,8 @@ Tests for L{mtlsd._client}: the client verifies the server's chain and name,
 fails closed, and explains every failure.
 """
 
+from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
@@ -182,6 +184,29 @@ class GateTests(SynchronousTestCase):
         c.clientTLS.loseConnection()
         c.flush()
         c.client.lost.trap(ConnectionDone)
+
+    def test_dropAfterHandshake(self) -> None:
+        """
+        A connection lost without close_notify or alert right after the
+        handshake, before any data, is a server that may not accept this
+        client's certificate; not once data came, nor when the client
+        aborted it itself.
+        """
+        context = clientContext(self.client, [self.ca.certificate])
+        error = describeClientFailure(
+            Failure(ConnectionLost()), context, None, silentSinceHandshake=True
+        )
+        self.assertIsInstance(error, ServerRejectedClient)
+        self.assertEqual(
+            str(error),
+            "the server closed the connection right after the handshake without an alert"
+            " (it may not accept this client's certificate)",
+        )
+        for reason, silent in [(ConnectionLost(), False), (ConnectionAborted(), True)]:
+            error = describeClientFailure(
+                Failure(reason), context, None, silentSinceHandshake=silent
+            )
+            self.assertNotIsInstance(error, ServerRejectedClient)
 
 
 class PinnedServerTests(SynchronousTestCase):
