@@ -8,9 +8,7 @@ established connections the new settings no longer admit.
 from __future__ import annotations
 
 import hashlib
-import signal
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -19,6 +17,7 @@ from twisted.logger import Logger
 
 from ._context import ServerContext, ServerTLSSettings
 from ._files import Path
+from ._signals import sighup
 
 DEFAULT_RELOAD_INTERVAL = 2.0
 
@@ -75,7 +74,7 @@ class TrustReloader(Service):
         self._keepLiveSessions = keepLiveSessions
         self._seen = _fingerprint(self._paths)
         self._poll: LoopingCall | None = None
-        self._previousHandler: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._warned: set[str] = set()
         self.reloads = 0
         self.failures = 0
@@ -99,25 +98,19 @@ class TrustReloader(Service):
             self._poll = LoopingCall(self.check)
             self._poll.clock = self._clock
             self._poll.start(self._interval, now=False)
-        self._previousHandler = signal.signal(signal.SIGHUP, self._sighup)
+        self._unsubscribe = sighup.subscribe(self._clock, self._reloadOnSignal)
 
     def stopService(self) -> None:
         super().stopService()
         if self._poll is not None:
             self._poll.stop()
             self._poll = None
-        # Stopping: connections may drain for a while yet, and SIGHUP's
-        # default action would kill the process; it is ignored instead.
-        previous = self._previousHandler
-        signal.signal(signal.SIGHUP, previous if callable(previous) else signal.SIG_IGN)
-
-    def _sighup(self, signum: int, frame: object) -> None:
-        # A signal handler may run in the middle of reactor code: only hand
-        # the work to the reactor, the way Twisted's own handlers do.
-        schedule = getattr(self._clock, "callFromThread", None)
-        if schedule is None:  # a test clock
-            schedule = lambda f: self._clock.callLater(0, f)  # noqa: E731
-        schedule(self._reloadOnSignal)
+        # The last one out puts back the handler found before, or ignores
+        # SIGHUP: connections may drain for a while yet, and its default
+        # action would kill the process.
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def _reloadOnSignal(self) -> None:
         log.info("SIGHUP: reloading", mtlsdEvent="sighup")

@@ -25,10 +25,8 @@ input, a pipe from the main process, closes).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
 from attrs import frozen
@@ -44,6 +42,7 @@ from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 
 from ._errors import ConfigurationError
+from ._signals import sighup
 
 WORKER_ENVIRONMENT = "MTLSD_WORKER"
 LOG_FD = 3
@@ -208,6 +207,7 @@ class WorkerPool(Service):
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
+        self._unsubscribe: Callable[[], None] | None = None
 
     @property
     def allRunning(self) -> bool:
@@ -219,7 +219,8 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._previousHandler = signal.signal(signal.SIGHUP, self._sighup)
+        # Alongside this process's own reloader, through the one handler.
+        self._unsubscribe = sighup.subscribe(self._reactor, self._forwardSighup)
         for index in range(1, self._count + 1):
             self._spawn(index)
 
@@ -282,10 +283,8 @@ class WorkerPool(Service):
         )
         self._reactor.callLater(delay, self._spawn, worker.index)
 
-    def _sighup(self, signum: int, frame: FrameType | None) -> None:
-        if callable(self._previousHandler):
-            self._previousHandler(signum, frame)
-        self._reactor.callFromThread(self._signalAll, "HUP")
+    def _forwardSighup(self) -> None:
+        self._signalAll("HUP")
 
     def _signalAll(self, name: str) -> None:
         for worker in list(self.workers.values()):
@@ -301,7 +300,9 @@ class WorkerPool(Service):
         """
         super().stopService()
         self._stopping = True
-        signal.signal(signal.SIGHUP, self._previousHandler or signal.SIG_DFL)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         ended = [worker.ended for worker in self.workers.values()]
         self._signalAll("TERM")
         return DeferredList(ended)

@@ -246,6 +246,72 @@ class ReloadTests(_Case):
         self.assertIs(signal.getsignal(signal.SIGHUP), handler)
 
 
+class SighupFanOutTests(_Case):
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        self.before: list[int] = []
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.before.append(signum))
+        self.write("clients.pem", self.trust(self.alice))
+        self.write("other.pem", self.trust(self.bob))
+
+    def loadOther(self) -> ServerTLSSettings:
+        return ServerTLSSettings.fromFiles(self.path("server.pem"), None, [self.path("other.pem")])
+
+    def startOther(self) -> TrustReloader:
+        """
+        A second server in the same process (a second C{mtls:} endpoint):
+        its own context, its own trust file, its own reloader.
+        """
+        self.otherContext = ServerContext(self.loadOther())
+        reloader = TrustReloader(
+            self.otherContext, self.loadOther, [self.path("other.pem")], self.clock, 0
+        )
+        reloader.startService()
+        self.addCleanup(reloader.stopService)
+        return reloader
+
+    def test_everyReloader(self) -> None:
+        """
+        One SIGHUP reloads every reloader of the process, and the handler
+        installed before them is still called; once one has stopped, the
+        other still answers; once both have, that handler is back.
+        """
+        previous = signal.getsignal(signal.SIGHUP)
+        self.start()
+        other = self.startOther()
+        self.write("clients.pem", self.trust(self.bob))
+        self.write("other.pem", self.trust(self.alice))
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.clock.advance(0)
+        self.assertEqual((self.reloader.reloads, other.reloads), (1, 1))
+        self.assertEqual(self.before, [signal.SIGHUP])
+        self.assertTrue(self.connect(self.bob).app.made)
+        c = Connection(self.otherContext, clientContext(self.alice, [self.ca.certificate]))
+        c.flush()
+        self.assertTrue(c.app.made)
+
+        self.reloader.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.clock.advance(0)
+        self.assertEqual((self.reloader.reloads, other.reloads), (1, 2))
+        self.assertEqual(self.before, [signal.SIGHUP] * 2)
+        other.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), previous)
+
+    def test_stoppedBeforeItsTurn(self) -> None:
+        """
+        A reloader stopped between the signal and the reactor's next turn
+        does not reload.
+        """
+        self.start()
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.reloader.stopService()
+        self.clock.advance(0)
+        self.assertEqual(self.reloader.reloads, 0)
+        self.assertEqual(self.before, [signal.SIGHUP])
+
+
 class RaceTests(_Case):
     def test_handshakeAcrossReload(self) -> None:
         """

@@ -19,6 +19,7 @@ from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._errors import ConfigurationError
+from mtlsd._signals import sighup
 from mtlsd._workers import (
     LOG_FD,
     MAX_RESTART_DELAY,
@@ -96,6 +97,7 @@ class WorkerRoleTests(SynchronousTestCase):
 
 class WorkerPoolTests(SynchronousTestCase):
     def setUp(self) -> None:
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
         self.reactor = _Reactor()
         self.events: list[dict[str, Any]] = []
         self.ports = [_Port(17, socket.AF_INET6)]
@@ -199,3 +201,26 @@ class WorkerPoolTests(SynchronousTestCase):
         handler(signal.SIGHUP, None)
         workers = [s["protocol"] for s in self.reactor.spawned]
         self.assertEqual([w.transport.signals for w in workers], [["HUP"], ["HUP"]])
+
+    def test_sighupWithReloader(self) -> None:
+        """
+        The pool and this process's own reloader answer SIGHUP through one
+        handler: one signal reaches both, and a handler installed before
+        them is still called; the pool stopping first leaves the reloader
+        answering.
+        """
+        self.pool.stopService()
+        before: list[int] = []
+        signal.signal(signal.SIGHUP, lambda signum, frame: before.append(signum))
+        pool = WorkerPool(self.reactor, 1, [], lambda: self.ports, self.events.append)
+        pool.startService()
+        reloads: list[str] = []
+        unsubscribe = sighup.subscribe(self.reactor, lambda: reloads.append("reload"))
+        self.addCleanup(unsubscribe)
+        os.kill(os.getpid(), signal.SIGHUP)
+        [worker] = [w.transport for w in pool.workers.values()]
+        self.assertEqual((reloads, worker.signals, before), (["reload"], ["HUP"], [signal.SIGHUP]))
+        pool.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertEqual((reloads, worker.signals), (["reload"] * 2, ["HUP", "TERM"]))
+        self.assertEqual(before, [signal.SIGHUP] * 2)
