@@ -212,13 +212,15 @@ class WorkerPoolTests(SynchronousTestCase):
         self.pool.stopService()
         before: list[int] = []
         signal.signal(signal.SIGHUP, lambda signum, frame: before.append(signum))
-        pool = WorkerPool(self.reactor, 1, [], lambda: self.ports, self.events.append)
+        ports: Any = lambda: self.ports  # noqa: E731
+        publish: Any = self.events.append
+        pool = WorkerPool(self.reactor, 1, [], ports, publish)
         pool.startService()
         reloads: list[str] = []
         unsubscribe = sighup.subscribe(self.reactor, lambda: reloads.append("reload"))
         self.addCleanup(unsubscribe)
         os.kill(os.getpid(), signal.SIGHUP)
-        [worker] = [w.transport for w in pool.workers.values()]
+        [worker] = [s["protocol"].transport for s in self.reactor.spawned[2:]]
         self.assertEqual((reloads, worker.signals, before), (["reload"], ["HUP"], [signal.SIGHUP]))
         pool.stopService()
         os.kill(os.getpid(), signal.SIGHUP)
