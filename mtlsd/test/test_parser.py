@@ -5,23 +5,33 @@ Tests for the C{mtls:} endpoint strings.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    clientFromString,
+    quoteStringArgument,
+    serverFromString,
+)
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
+    IListeningPort,
     IStreamClientEndpointStringParserWithReactor,
     IStreamServerEndpointStringParser,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from mtlsd import MtlsClientEndpoint, MtlsServerEndpoint, peerIdentity
+from mtlsd import MtlsClientEndpoint, MtlsServerEndpoint, ServerContext, TrustReloader, peerIdentity
 from mtlsd._pki import certificatePEM, keyPEM
+from mtlsd._signals import sighup
 from mtlsd.test.helpers import TestCA, selfSigned
 
 
@@ -125,6 +135,101 @@ class ServerStringTests(SynchronousTestCase):
             self.assertIn(fragment, str(error), description)
 
 
+class ReloaderLifetimeTests(SynchronousTestCase):
+    """
+    The reloader an C{mtls:} endpoint starts lives and dies with its port.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        self.files = writeFiles(self)
+        self.reactor = MemoryReactorClock()
+        self.description = (
+            f"mtls:8443:certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+        )
+
+    def trust(self, name: str) -> None:
+        """
+        Trust only C{name}'s certificate from now on.
+        """
+        with open(self.files[name], "rb") as f:
+            pem = f.read()
+        with open(self.files["clients.pem"], "wb") as f:
+            f.write(pem)
+
+    def test_stopListeningStopsReloader(self) -> None:
+        """
+        C{listen} gives an L{IListeningPort} whose C{stopListening} stops the
+        reloader C{listen} started: it polls the files no more and answers
+        SIGHUP no more.
+        """
+        endpoint = serverFromString(self.reactor, self.description)
+        port = self.successResultOf(endpoint.listen(Factory()))
+        self.assertTrue(verifyObject(IListeningPort, port))
+        self.assertEqual(port.getHost().port, 8443)
+        reloader = endpoint._reloader
+        self.trust("bob.crt")
+        self.reactor.advance(2)
+        self.assertEqual(reloader.reloads, 1)
+        self.assertEqual(sighup.subscribers, 1)
+
+        self.assertIsNone(self.successResultOf(port.stopListening()))
+        self.assertFalse(reloader.running)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(sighup.subscribers, 0)
+        with open(self.files["clients.pem"], "wb"):
+            pass  # a change the poll would see (and fail to load)
+        self.reactor.advance(10)
+        self.assertEqual((reloader.reloads, reloader.failures), (1, 0))
+
+    def test_relisten(self) -> None:
+        """
+        Listening again (C{startListening}, or another C{listen}) starts the
+        reloader again; it stops with the last port of the endpoint.
+        """
+        endpoint = serverFromString(self.reactor, self.description)
+        first = self.successResultOf(endpoint.listen(Factory()))
+        second = self.successResultOf(endpoint.listen(Factory()))
+        reloader = endpoint._reloader
+        first.stopListening()
+        self.assertTrue(reloader.running)
+        second.stopListening()
+        second.stopListening()  # twice: no harm
+        self.assertFalse(reloader.running)
+        first.startListening()
+        self.assertTrue(reloader.running)
+        first.stopListening()
+        self.assertFalse(reloader.running)
+
+    def test_listenFailed(self) -> None:
+        """
+        When listening fails, the reloader C{listen} started stops.
+        """
+        reactor = RaisingMemoryReactor(listenException=CannotListenError("", 8443, OSError()))
+        endpoint = serverFromString(reactor, self.description + ":reloadInterval=0")
+        self.failureResultOf(endpoint.listen(Factory()), CannotListenError)
+        self.assertFalse(endpoint._reloader.running)
+        self.assertEqual(sighup.subscribers, 0)
+
+    def test_reloaderStartedElsewhere(self) -> None:
+        """
+        A reloader already running when C{listen} is called (a service of
+        the program's) is the program's to stop: the port leaves it alone.
+        """
+        clock = Clock()
+        endpoint = serverFromString(self.reactor, self.description)
+        context: ServerContext = endpoint._context
+        reloader = TrustReloader(context, lambda: context.settings, [], clock, 0)
+        reloader.startService()
+        self.addCleanup(reloader.stopService)
+        mine = MtlsServerEndpoint(
+            context, TCP4ServerEndpoint(self.reactor, 8444), reloader=reloader
+        )
+        port = self.successResultOf(mine.listen(Factory()))
+        port.stopListening()
+        self.assertTrue(reloader.running)
+
+
 class ClientStringTests(SynchronousTestCase):
     def test_client(self) -> None:
         """
@@ -177,11 +282,11 @@ class LoopbackTests(TestCase):
         server = serverFromString(
             reactor,
             f"mtls:0:interface=127.0.0.1:certKey={files['server.pem']}"
-            f":clientCerts={files['clients.pem']},{files['bob.crt']}:allowCN=alice:reloadInterval=0",
+            f":clientCerts={files['clients.pem']},{files['bob.crt']}:allowCN=alice",
         )
         port = yield server.listen(Factory.forProtocol(Whoami))
+        # Stops the reloader too: trial would find its poll left behind.
         self.addCleanup(port.stopListening)
-        self.addCleanup(server._reloader.stopService)
         number = port.getHost().port
         results = []
         for who in ("alice", "bob"):
