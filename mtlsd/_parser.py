@@ -7,6 +7,7 @@ the rest of mtlsd is imported only when a string is parsed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -55,15 +56,33 @@ _CLIENT_KEYS = {
 }
 
 
+class DescriptionError(ValueError, SystemExit):
+    """
+    A bad C{mtls:} description, in one sentence that starts with C{mtls:}.
+
+    It is a L{ValueError}, what Twisted's endpoint parsers raise, for the
+    programs that catch one (C{except ValueError}, C{except Exception}, a
+    Deferred's errback all do).  It is also a L{SystemExit}, for where none
+    does: C{twistd web --listen mtls:...} parses the description in its
+    C{makeService}, where nothing catches, so a plain L{ValueError} prints
+    a traceback; this one ends the program with its sentence on stderr and
+    status 1, as C{twistd mtlsd} does for a bad file.
+    """
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.code = message  # what Python prints when it exits for it
+
+
 def _check(kind: str, given: dict[str, str], known: set[str], required: tuple[str, ...]) -> None:
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(
+        raise DescriptionError(
             f"mtls: {kind} endpoint: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}"
         )
     missing = [key for key in required if key not in given]
     if missing:
-        raise ValueError(f"mtls: {kind} endpoint: {missing[0]}= is required")
+        raise DescriptionError(f"mtls: {kind} endpoint: {missing[0]}= is required")
 
 
 def _strings(
@@ -85,8 +104,45 @@ def _list(value: str | None) -> list[str]:
 def _flag(kwargs: dict[str, str], key: str) -> bool:
     value = kwargs.get(key, "no").lower()
     if value not in ("yes", "true", "1", "no", "false", "0"):
-        raise ValueError(f"mtls: {key}={value!r} must be yes or no")
+        raise DescriptionError(f"mtls: {key}={value!r} must be yes or no")
     return value in ("yes", "true", "1")
+
+
+def _whole(key: str, value: str, minimum: int, maximum: int | None = None) -> int:
+    """
+    A whole number in a description, or one line naming the key and value.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        raise DescriptionError(f"mtls: {key}={value!r} is not a whole number") from None
+    if maximum is not None and not minimum <= number <= maximum:
+        raise DescriptionError(f"mtls: {key}={value!r} must be from {minimum} to {maximum}")
+    if number < minimum:
+        raise DescriptionError(f"mtls: {key}={value!r} must be at least {minimum}")
+    return number
+
+
+def _seconds(key: str, value: str, zero: str | None = None) -> float:
+    """
+    A duration in a description (0 allowed, meaning C{zero}, if given), or
+    one line naming the key and value.
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        raise DescriptionError(f"mtls: {key}={value!r} is not a number of seconds") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and zero is None):
+        wanted = f"0 ({zero}) or more" if zero is not None else "more than 0"
+        raise DescriptionError(f"mtls: {key}={value!r} must be {wanted} seconds")
+    return number
+
+
+def _tlsVersion(kwargs: dict[str, str]) -> str:
+    value = kwargs.get("tlsMinVersion", "1.2")
+    if value not in ("1.2", "1.3"):
+        raise DescriptionError(f"mtls: tlsMinVersion={value!r} must be 1.2 or 1.3")
+    return value
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -108,60 +164,99 @@ class MtlsServerParser:
         """
         Make the endpoint a C{mtls:} server string describes.
 
-        @raise ValueError: for unknown options or unusable files, naming them.
+        @raise DescriptionError: (a L{ValueError}) for unknown options, bad
+            values or unusable files, naming them.
         """
         args, kwargs = _strings(positional, keywords)
+        from ._errors import ConfigurationError
+
+        try:
+            return self._parse(reactor, args, kwargs)
+        except ConfigurationError as e:
+            raise DescriptionError(f"mtls: {e}") from None
+
+    def _parse(
+        self, reactor: Any, args: list[str], kwargs: dict[str, str]
+    ) -> IStreamServerEndpoint:
         from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 
-        from ._context import ServerContext, ServerTLSSettings
-        from ._errors import ConfigurationError
+        from ._context import DEFAULT_VERIFY_DEPTH, ServerContext, ServerTLSSettings
         from ._policy import AllowPolicy
         from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-        from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
+        from ._server import (
+            DEFAULT_BACKLOG,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            ConnectionLimits,
+            MtlsServerEndpoint,
+        )
 
         _check("server", kwargs, _SERVER_KEYS, ("certKey",))
         if "clientCerts" not in kwargs and "clientCA" not in kwargs:
-            raise ValueError("mtls: server endpoint: clientCerts= is required (or clientCA=)")
+            raise DescriptionError("mtls: server endpoint: clientCerts= is required (or clientCA=)")
+        # Every value is checked before any file is read: a mistake is named
+        # at once, whatever else is wrong.
+        verifyDepth = _whole("verifyDepth", kwargs.get("verifyDepth", str(DEFAULT_VERIFY_DEPTH)), 1)
+        handshakeTimeout = _seconds(
+            "handshakeTimeout", kwargs.get("handshakeTimeout", str(DEFAULT_HANDSHAKE_TIMEOUT))
+        )
+        reloadInterval = _seconds(
+            "reloadInterval",
+            kwargs.get("reloadInterval", str(DEFAULT_RELOAD_INTERVAL)),
+            zero="only on SIGHUP",
+        )
+        minimumTLSVersion = _tlsVersion(kwargs)
+        crlCheckChain, crlRequired = _flag(kwargs, "crlCheckChain"), _flag(kwargs, "crlRequired")
+        keepLiveSessions = _flag(kwargs, "keepLiveSessions")
+        plain: IStreamServerEndpoint
         if "endpoint" in kwargs:
             if args or "interface" in kwargs or "backlog" in kwargs:
-                raise ValueError("mtls: endpoint= replaces the port, interface and backlog")
-            plain = serverFromString(reactor, kwargs["endpoint"])
+                raise DescriptionError("mtls: endpoint= replaces the port, interface and backlog")
+            try:
+                plain = serverFromString(reactor, kwargs["endpoint"])
+            except Exception as e:
+                raise DescriptionError(f"mtls: endpoint={kwargs['endpoint']!r}: {e}") from None
         elif len(args) == 1:
             plain = TCP4ServerEndpoint(
-                reactor, int(args[0]), int(kwargs.get("backlog", 50)), kwargs.get("interface", "")
+                reactor,
+                _whole("port", args[0], 0, 65535),
+                # The daemon's, not Twisted's 50 (too few for a burst).
+                _whole("backlog", kwargs.get("backlog", str(DEFAULT_BACKLOG)), 1),
+                kwargs.get("interface", ""),
             )
         else:
-            raise ValueError("mtls: server endpoint needs a port (mtls:8443:...) or endpoint=")
+            raise DescriptionError(
+                "mtls: server endpoint needs a port (mtls:8443:...) or endpoint="
+            )
         certificate, key = kwargs["certKey"], kwargs.get("privateKey")
         passphrase = kwargs.get("keyPassphraseFile")
         clientCertificates, crls = _list(kwargs.get("clientCerts")), _list(kwargs.get("crl"))
         clientCAs = _list(kwargs.get("clientCA"))
-        try:
-            policy = AllowPolicy(
-                commonNames=_list(kwargs.get("allowCN")),
-                dnsNames=_list(kwargs.get("allowDNS")),
-                uris=_list(kwargs.get("allowURI")),
-                ipAddresses=_list(kwargs.get("allowIP")),
-                organizationalUnits=_list(kwargs.get("allowOU")),
-                fingerprints=_list(kwargs.get("allowFingerprint")),
-                spkiFingerprints=_list(kwargs.get("allowSPKI")),
+        policy = AllowPolicy(
+            commonNames=_list(kwargs.get("allowCN")),
+            dnsNames=_list(kwargs.get("allowDNS")),
+            uris=_list(kwargs.get("allowURI")),
+            ipAddresses=_list(kwargs.get("allowIP")),
+            organizationalUnits=_list(kwargs.get("allowOU")),
+            fingerprints=_list(kwargs.get("allowFingerprint")),
+            spkiFingerprints=_list(kwargs.get("allowSPKI")),
+        )
+
+        def load() -> ServerTLSSettings:
+            return ServerTLSSettings.fromFiles(
+                certificate,
+                key,
+                clientCertificates,
+                crls,
+                passphrase,
+                clientCAs,
+                crlCheckChain=crlCheckChain,
+                crlRequired=crlRequired,
+                policy=policy,
+                verifyDepth=verifyDepth,
+                minimumTLSVersion=minimumTLSVersion,
             )
-            options: dict[str, Any] = {
-                "crlCheckChain": _flag(kwargs, "crlCheckChain"),
-                "crlRequired": _flag(kwargs, "crlRequired"),
-                "policy": policy,
-                "verifyDepth": int(kwargs.get("verifyDepth", 4)),
-                "minimumTLSVersion": kwargs.get("tlsMinVersion", "1.2"),
-            }
 
-            def load() -> ServerTLSSettings:
-                return ServerTLSSettings.fromFiles(
-                    certificate, key, clientCertificates, crls, passphrase, clientCAs, **options
-                )
-
-            context = ServerContext(load())
-        except ConfigurationError as e:
-            raise ValueError(f"mtls: {e}") from None
+        context = ServerContext(load())
         reloader = TrustReloader(
             context,
             load,
@@ -174,15 +269,13 @@ class MtlsServerParser:
                 *crls,
             ],
             reactor,
-            float(kwargs.get("reloadInterval", DEFAULT_RELOAD_INTERVAL)),
-            _flag(kwargs, "keepLiveSessions"),
+            reloadInterval,
+            keepLiveSessions,
         )
         return MtlsServerEndpoint(
             context,
             plain,
-            ConnectionLimits(
-                handshakeTimeout=float(kwargs.get("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT))
-            ),
+            ConnectionLimits(handshakeTimeout=handshakeTimeout),
             reloader=reloader,
         )
 
@@ -203,25 +296,27 @@ class MtlsClientParser:
         """
         Make the endpoint a C{mtls:} client string describes.
 
-        @raise ValueError: for unknown options or unusable files, naming them.
+        @raise DescriptionError: (a L{ValueError}) for unknown options, bad
+            values or unusable files, naming them.
         """
         args, kwargs = _strings(positional, keywords)
         from ._client import ClientTLSSettings
         from ._errors import ConfigurationError
 
         if args:
-            raise ValueError("mtls: client endpoint takes host= and port=, not positional values")
+            raise DescriptionError(
+                "mtls: client endpoint takes host= and port=, not positional values"
+            )
         _check("client", kwargs, _CLIENT_KEYS, ("host", "port", "caCerts"))
+        port = _whole("port", kwargs["port"], 1, 65535)
         try:
             settings = ClientTLSSettings.fromFiles(
                 kwargs.get("certKey"),
                 kwargs.get("privateKey"),
                 kwargs["caCerts"],
-                kwargs.get("tlsMinVersion", "1.2"),
+                _tlsVersion(kwargs),
                 kwargs.get("keyPassphraseFile"),
             )
         except ConfigurationError as e:
-            raise ValueError(f"mtls: {e}") from None
-        return settings.endpoint(
-            reactor, kwargs["host"], int(kwargs["port"]), kwargs.get("servername")
-        )
+            raise DescriptionError(f"mtls: {e}") from None
+        return settings.endpoint(reactor, kwargs["host"], port, kwargs.get("servername"))

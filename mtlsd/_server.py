@@ -50,6 +50,10 @@ from ._reasons import (
 from ._tls import TLSFactory
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# Twisted's default listen backlog is 50: a burst of connections beyond it
+# waits for TCP's SYN retransmission (a second or more).  The kernel caps it
+# at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
 _CERT_HAS_EXPIRED = SSL.X509VerificationCodes.ERR_CERT_HAS_EXPIRED
 
 log = Logger(namespace="mtlsd")

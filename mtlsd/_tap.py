@@ -45,14 +45,15 @@ from ._proxyheader import VERSIONS as PROXY_VERSIONS
 from ._proxyheader import headerMaker
 from ._relay import RelayFactory
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, MtlsServerEndpoint
+from ._server import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    ConnectionLimits,
+    MtlsServerEndpoint,
+)
 from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 DEFAULT_PORT = 8082
-# Twisted's default listen backlog is 50: a burst of connections beyond it
-# waits for TCP's SYN retransmission (a second or more).  The kernel caps it
-# at net.core.somaxconn.
-DEFAULT_BACKLOG = 1024
 
 log = Logger(namespace="mtlsd")
 

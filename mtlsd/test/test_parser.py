@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Any
 
+from OpenSSL.SSL import X509VerificationCodes as Codes
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import (
@@ -25,14 +26,18 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
+from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mtlsd import MtlsClientEndpoint, MtlsServerEndpoint, ServerContext, TrustReloader, peerIdentity
-from mtlsd._pki import certificatePEM, keyPEM
+from mtlsd._parser import DescriptionError
+from mtlsd._pki import CLIENT_AUTH, certificatePEM, keyPEM, makeCertificate, newKey
+from mtlsd._reasons import verifyErrorText
 from mtlsd._signals import sighup
-from mtlsd.test.helpers import TestCA, selfSigned
+from mtlsd.test.helpers import Connection, Credentials, TestCA, clientContext, selfSigned
 
 
 def writeFiles(case: SynchronousTestCase) -> dict[str, str]:
@@ -51,6 +56,7 @@ def writeFiles(case: SynchronousTestCase) -> dict[str, str]:
         "bob.crt": certificatePEM(bob.certificate),
         "ca.pem": certificatePEM(ca.certificate),
     }
+    case.ca = ca  # type: ignore[attr-defined]
     paths = {}
     for name, data in files.items():
         path = os.path.join(directory, name)
@@ -133,6 +139,126 @@ class ServerStringTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(ValueError, self.parse, description)
             self.assertIn(fragment, str(error), description)
+
+
+class ServerSettingsTests(SynchronousTestCase):
+    """
+    An C{mtls:} string builds the server as the daemon's options do.
+    """
+
+    def setUp(self) -> None:
+        self.files = writeFiles(self)
+        self.base = (
+            f"certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+            ":reloadInterval=0"
+        )
+
+    def test_backlog(self) -> None:
+        """
+        The listen backlog is the daemon's 1024 (not Twisted's 50: too few
+        for a burst of connections) unless C{backlog=} says otherwise.
+        """
+        for extra, expected in [("", 1024), (":backlog=10", 10)]:
+            reactor = MemoryReactorClock()
+            serverFromString(reactor, f"mtls:8443:{self.base}{extra}").listen(Factory())
+            [(port, factory, backlog, interface)] = reactor.tcpServers
+            self.assertEqual(backlog, expected)
+
+    def test_verifyDepth(self) -> None:
+        """
+        C{verifyDepth=N} admits a chain of a leaf, N intermediates and the
+        root, and refuses a longer one (default: 4, as the daemon).
+        """
+        ca: TestCA = self.ca  # type: ignore[attr-defined]
+        issuer = (ca.certificate, ca.key)
+        intermediates: list[Any] = []
+        for name in ("intermediate 1", "intermediate 2"):
+            key = newKey()
+            certificate = makeCertificate(name, key, issuer, isCA=True)
+            intermediates.insert(0, certificate)
+            issuer = (certificate, key)
+        leafKey = newKey()
+        leaf = makeCertificate("deep", leafKey, issuer, usages=(CLIENT_AUTH,))
+        deep = Credentials(leaf, leafKey, intermediates)
+        base = f"certKey={self.files['server.pem']}:clientCerts={self.files['ca.pem']}"
+        for extra, admitted in [(":verifyDepth=1", False), (":verifyDepth=2", True), ("", True)]:
+            events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+            endpoint = serverFromString(MemoryReactorClock(), f"mtls:8443:{base}{extra}")
+            c = Connection(endpoint._context, clientContext(deep, [ca.certificate]))
+            c.flush()
+            self.assertEqual(c.app.made, admitted, extra)
+            if not admitted:
+                [rejected] = [e for e in events if e.get("mtlsdEvent") == "rejected"]
+                self.assertEqual(rejected["reason"], verifyErrorText(Codes.ERR_CERT_CHAIN_TOO_LONG))
+
+    def test_badValues(self) -> None:
+        """
+        A value that is not a number, or a number out of its range, is one
+        line naming the key and the value, before any file is read.
+        """
+        for description, message in [
+            (f"mtls:x:{self.base}", "mtls: port='x' is not a whole number"),
+            (f"mtls:70000:{self.base}", "mtls: port='70000' must be from 0 to 65535"),
+            (f"mtls:1:{self.base}:backlog=x", "mtls: backlog='x' is not a whole number"),
+            (f"mtls:1:{self.base}:backlog=0", "mtls: backlog='0' must be at least 1"),
+            (
+                f"mtls:1:{self.base}:verifyDepth=2.5",
+                "mtls: verifyDepth='2.5' is not a whole number",
+            ),
+            (f"mtls:1:{self.base}:verifyDepth=0", "mtls: verifyDepth='0' must be at least 1"),
+            (
+                f"mtls:1:{self.base}:handshakeTimeout=soon",
+                "mtls: handshakeTimeout='soon' is not a number of seconds",
+            ),
+            (
+                f"mtls:1:{self.base}:handshakeTimeout=0",
+                "mtls: handshakeTimeout='0' must be more than 0 seconds",
+            ),
+            (
+                f"mtls:1:{self.base}:handshakeTimeout=nan",
+                "mtls: handshakeTimeout='nan' must be more than 0 seconds",
+            ),
+            (
+                "mtls:1:certKey=/nope:clientCerts=/nope:reloadInterval=-1",
+                "mtls: reloadInterval='-1' must be 0 (only on SIGHUP) or more seconds",
+            ),
+            (
+                "mtls:1:certKey=/nope:clientCerts=/nope:reloadInterval=inf",
+                "mtls: reloadInterval='inf' must be 0 (only on SIGHUP) or more seconds",
+            ),
+            (
+                f"mtls:1:{self.base}:tlsMinVersion=1.1",
+                "mtls: tlsMinVersion='1.1' must be 1.2 or 1.3",
+            ),
+            (
+                f"mtls:{self.base}:endpoint=bogus\\:1",
+                "mtls: endpoint='bogus:1': Unknown endpoint type: 'bogus'",
+            ),
+        ]:
+            error = self.assertRaises(
+                DescriptionError, serverFromString, MemoryReactorClock(), description
+            )
+            self.assertEqual(str(error), message)
+        for description, message in [
+            ("mtls:host=a:port=x:caCerts=/nope", "mtls: port='x' is not a whole number"),
+            ("mtls:host=a:port=0:caCerts=/nope", "mtls: port='0' must be from 1 to 65535"),
+        ]:
+            error = self.assertRaises(
+                DescriptionError, clientFromString, MemoryReactorClock(), description
+            )
+            self.assertEqual(str(error), message)
+
+    def test_valueErrorAndExit(self) -> None:
+        """
+        The error is a L{ValueError}, as Twisted's parsers raise, caught by
+        C{except Exception}; uncaught, it ends a program with its sentence
+        (L{SystemExit}'s code) rather than a traceback.
+        """
+        error = self.assertRaises(ValueError, serverFromString, MemoryReactorClock(), "mtls:1:x=y")
+        self.assertIsInstance(error, Exception)
+        self.assertIsInstance(error, SystemExit)
+        self.assertEqual(error.code, str(error))
+        self.assertTrue(str(error).startswith("mtls: server endpoint: unknown option 'x'"))
 
 
 class ReloaderLifetimeTests(SynchronousTestCase):
