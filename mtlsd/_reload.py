@@ -15,9 +15,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from . import _signals
 from ._context import ServerContext, ServerTLSSettings
 from ._files import Path
-from ._signals import sighup
 
 DEFAULT_RELOAD_INTERVAL = 2.0
 
@@ -98,7 +98,7 @@ class TrustReloader(Service):
             self._poll = LoopingCall(self.check)
             self._poll.clock = self._clock
             self._poll.start(self._interval, now=False)
-        self._unsubscribe = sighup.subscribe(self._clock, self._reloadOnSignal)
+        self._unsubscribe = _signals.sighup.subscribe(self._clock, self._reloadOnSignal)
 
     def stopService(self) -> None:
         super().stopService()

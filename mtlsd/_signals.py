@@ -55,22 +55,26 @@ class SignalFanOut:
         self._signum = signum
         self._subscriptions: list[_Subscription] = []
         self._previous: Any = None
+        self._handler = self._handle  # one object, to recognise it installed
+        self._handling = False
 
     def subscribe(self, clock: IReactorTime, callback: Callable[[], object]) -> Callable[[], None]:
         """
         Call C{callback} in C{clock}'s reactor after each signal.  The first
-        subscriber installs the handler.
+        subscriber installs the handler, chaining the one it finds.  (A
+        handler the program puts in later replaces it, as any signal handler
+        does, unless it too chains the one it found.)
 
         @return: a function that unsubscribes (again: nothing).  When the
             last subscriber goes, the handler found at the first
             subscription is put back, or, if it was the default action or
             none set from Python, the signal is ignored: a stopping daemon
             may drain connections for a while yet, and SIGHUP's default
-            action would kill it.
+            action would kill it.  A handler put in since is left alone.
         """
         subscription = _Subscription(clock, callback)
         if not self._subscriptions:
-            self._previous = signal.signal(self._signum, self._handle)
+            self._previous = signal.signal(self._signum, self._handler)
         self._subscriptions.append(subscription)
         return lambda: self._unsubscribe(subscription)
 
@@ -79,8 +83,10 @@ class SignalFanOut:
             return
         subscription.active = False
         self._subscriptions.remove(subscription)
-        if not self._subscriptions:
-            previous, self._previous = self._previous, None
+        if self._subscriptions:
+            return
+        previous, self._previous = self._previous, None
+        if signal.getsignal(self._signum) is self._handler:
             signal.signal(self._signum, previous if callable(previous) else signal.SIG_IGN)
 
     @property
@@ -91,12 +97,20 @@ class SignalFanOut:
         return len(self._subscriptions)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        for subscription in list(self._subscriptions):
-            _schedule(subscription.clock, subscription.run)
-        # Whoever handled the signal before still does (last: should it
-        # raise, the subscribers are already served).
-        if callable(self._previous):
-            self._previous(signum, frame)
+        if self._handling:
+            # Called back by the handler this one chains (one put in, chaining
+            # this one, while it was out of use): once is enough.
+            return
+        self._handling = True
+        try:
+            for subscription in list(self._subscriptions):
+                _schedule(subscription.clock, subscription.run)
+            # Whoever handled the signal before still does (last: should it
+            # raise, the subscribers are already served).
+            if callable(self._previous):
+                self._previous(signum, frame)
+        finally:
+            self._handling = False
 
 
 sighup = SignalFanOut(signal.SIGHUP)

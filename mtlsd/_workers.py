@@ -41,8 +41,8 @@ from twisted.logger import ILogObserver, Logger, LogPublisher, eventFromJSON, js
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 
+from . import _signals
 from ._errors import ConfigurationError
-from ._signals import sighup
 
 WORKER_ENVIRONMENT = "MTLSD_WORKER"
 LOG_FD = 3
@@ -220,7 +220,7 @@ class WorkerPool(Service):
         super().startService()
         self._stopping = False
         # Alongside this process's own reloader, through the one handler.
-        self._unsubscribe = sighup.subscribe(self._reactor, self._forwardSighup)
+        self._unsubscribe = _signals.sighup.subscribe(self._reactor, self._forwardSighup)
         for index in range(1, self._count + 1):
             self._spawn(index)
 

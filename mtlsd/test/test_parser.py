@@ -32,11 +32,18 @@ from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from mtlsd import MtlsClientEndpoint, MtlsServerEndpoint, ServerContext, TrustReloader, peerIdentity
+from mtlsd import (
+    MtlsClientEndpoint,
+    MtlsServerEndpoint,
+    ServerContext,
+    TrustReloader,
+    _signals,
+    peerIdentity,
+)
 from mtlsd._parser import DescriptionError
 from mtlsd._pki import CLIENT_AUTH, certificatePEM, keyPEM, makeCertificate, newKey
 from mtlsd._reasons import verifyErrorText
-from mtlsd._signals import sighup
+from mtlsd._signals import SignalFanOut
 from mtlsd.test.helpers import Connection, Credentials, TestCA, clientContext, selfSigned
 
 
@@ -100,7 +107,7 @@ class ServerStringTests(SynchronousTestCase):
             f":clientCerts={self.files['clients.pem']},{self.files['bob.crt']}:allowCN=alice",
         )
         self.assertIsInstance(endpoint, MtlsServerEndpoint)
-        endpoint.listen(Factory())
+        self.addCleanup(self.successResultOf(endpoint.listen(Factory())).stopListening)
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (8443, "127.0.0.1"))
         context = endpoint._context
@@ -118,7 +125,7 @@ class ServerStringTests(SynchronousTestCase):
             r"mtls:endpoint=haproxy\:tcp\:9443:"
             f"certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}",
         )
-        endpoint.listen(Factory())
+        self.addCleanup(self.successResultOf(endpoint.listen(Factory())).stopListening)
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual(port, 9443)
         self.assertEqual(type(factory).__name__, "HAProxyWrappingFactory")
@@ -160,7 +167,8 @@ class ServerSettingsTests(SynchronousTestCase):
         """
         for extra, expected in [("", 1024), (":backlog=10", 10)]:
             reactor = MemoryReactorClock()
-            serverFromString(reactor, f"mtls:8443:{self.base}{extra}").listen(Factory())
+            endpoint = serverFromString(reactor, f"mtls:8443:{self.base}{extra}")
+            self.addCleanup(self.successResultOf(endpoint.listen(Factory())).stopListening)
             [(port, factory, backlog, interface)] = reactor.tcpServers
             self.assertEqual(backlog, expected)
 
@@ -268,6 +276,8 @@ class ReloaderLifetimeTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        self.sighup = SignalFanOut(signal.SIGHUP)  # none of other tests' subscribers
+        self.patch(_signals, "sighup", self.sighup)
         self.files = writeFiles(self)
         self.reactor = MemoryReactorClock()
         self.description = (
@@ -297,12 +307,12 @@ class ReloaderLifetimeTests(SynchronousTestCase):
         self.trust("bob.crt")
         self.reactor.advance(2)
         self.assertEqual(reloader.reloads, 1)
-        self.assertEqual(sighup.subscribers, 1)
+        self.assertEqual(self.sighup.subscribers, 1)
 
         self.assertIsNone(self.successResultOf(port.stopListening()))
         self.assertFalse(reloader.running)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
-        self.assertEqual(sighup.subscribers, 0)
+        self.assertEqual(self.sighup.subscribers, 0)
         with open(self.files["clients.pem"], "wb"):
             pass  # a change the poll would see (and fail to load)
         self.reactor.advance(10)
@@ -335,7 +345,7 @@ class ReloaderLifetimeTests(SynchronousTestCase):
         endpoint = serverFromString(reactor, self.description + ":reloadInterval=0")
         self.failureResultOf(endpoint.listen(Factory()), CannotListenError)
         self.assertFalse(endpoint._reloader.running)
-        self.assertEqual(sighup.subscribers, 0)
+        self.assertEqual(self.sighup.subscribers, 0)
 
     def test_reloaderStartedElsewhere(self) -> None:
         """

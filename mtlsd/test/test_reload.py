@@ -19,11 +19,12 @@ from twisted.logger import globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from mtlsd import ServerContext, ServerTLSSettings, _context
+from mtlsd import ServerContext, ServerTLSSettings, _context, _signals
 from mtlsd._pki import certificatePEM, keyPEM, makeCRL
 from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._reload import TrustReloader
+from mtlsd._signals import SignalFanOut
 from mtlsd.test.helpers import (
     Connection,
     Credentials,
@@ -45,6 +46,8 @@ class _Case(SynchronousTestCase):
             self,  # type: ignore[arg-type]
             globalLogPublisher,
         )
+        # SIGHUP's fan-out of this test alone (no reloader another test left).
+        self.patch(_signals, "sighup", SignalFanOut(signal.SIGHUP))
         self.dir = os.path.abspath(self.mktemp())
         os.mkdir(self.dir)
         self.ca = TestCA()
@@ -298,6 +301,35 @@ class SighupFanOutTests(_Case):
         self.assertEqual(self.before, [signal.SIGHUP] * 2)
         other.stopService()
         self.assertIs(signal.getsignal(signal.SIGHUP), previous)
+
+    def test_handlerInstalledSince(self) -> None:
+        """
+        A handler the program puts in after the reloaders started, chaining
+        the one it found, is called with them; it stays in place when they
+        stop; a reloader started afterwards chains it in turn and reloads
+        once per signal (no endless loop between the two handlers).
+        """
+        self.start()
+        found = signal.getsignal(signal.SIGHUP)
+        assert callable(found)
+        later: list[int] = []
+
+        def chaining(signum: int, frame: Any) -> None:
+            later.append(signum)
+            found(signum, frame)
+
+        signal.signal(signal.SIGHUP, chaining)
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.clock.advance(0)
+        self.assertEqual(
+            (self.reloader.reloads, later, self.before), (1, [signal.SIGHUP], [signal.SIGHUP])
+        )
+        self.reloader.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), chaining)
+        other = self.startOther()
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.clock.advance(0)
+        self.assertEqual((other.reloads, later), (1, [signal.SIGHUP] * 2))
 
     def test_stoppedBeforeItsTurn(self) -> None:
         """

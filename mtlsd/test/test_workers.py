@@ -18,8 +18,9 @@ from twisted.python.failure import Failure
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
+from mtlsd import _signals
 from mtlsd._errors import ConfigurationError
-from mtlsd._signals import sighup
+from mtlsd._signals import SignalFanOut
 from mtlsd._workers import (
     LOG_FD,
     MAX_RESTART_DELAY,
@@ -98,6 +99,9 @@ class WorkerRoleTests(SynchronousTestCase):
 class WorkerPoolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        # SIGHUP's fan-out of this test alone (no reloader another test left).
+        self.sighup = SignalFanOut(signal.SIGHUP)
+        self.patch(_signals, "sighup", self.sighup)
         self.reactor = _Reactor()
         self.events: list[dict[str, Any]] = []
         self.ports = [_Port(17, socket.AF_INET6)]
@@ -217,7 +221,7 @@ class WorkerPoolTests(SynchronousTestCase):
         pool = WorkerPool(self.reactor, 1, [], ports, publish)
         pool.startService()
         reloads: list[str] = []
-        unsubscribe = sighup.subscribe(self.reactor, lambda: reloads.append("reload"))
+        unsubscribe = self.sighup.subscribe(self.reactor, lambda: reloads.append("reload"))
         self.addCleanup(unsubscribe)
         os.kill(os.getpid(), signal.SIGHUP)
         [worker] = [s["protocol"].transport for s in self.reactor.spawned[2:]]
