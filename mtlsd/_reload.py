@@ -43,7 +43,8 @@ def _fingerprint(paths: Sequence[Path]) -> tuple[bytes | None, ...]:
 class TrustReloader(Service):
     """
     Reloads a L{ServerContext}'s settings when its files change (checked
-    every C{interval} seconds) or on SIGHUP.
+    every C{interval} seconds) or on SIGHUP (as does every other reloader of
+    the process: one handler serves them all, see L{mtlsd._signals}).
 
     @ivar reloads: how many reloads succeeded.
     @ivar failures: how many failed (the settings in force were kept).
