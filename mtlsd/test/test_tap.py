@@ -3,6 +3,7 @@ Tests for L{mtlsd._tap}: the options of C{twistd mtlsd} and the service.
 """
 
 import os
+import socket
 
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -18,6 +19,22 @@ def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
+
+
+def hostAllInterfaces() -> str:
+    """
+    The address meaning "all interfaces" on this host, found the way the
+    kernel shows it rather than the way L{mtlsd._tap} reads it: C{::} where
+    a new IPv6 socket takes IPv4 clients too (dual-stack: C{IPV6_V6ONLY} off
+    by default, C{net.ipv6.bindv6only = 0} on Linux), else C{0.0.0.0} (no
+    IPv6, or IPv6-only sockets).
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            v6only = probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:
+        return "0.0.0.0"
+    return "0.0.0.0" if v6only else "::"
 
 
 class OptionsTests(SynchronousTestCase):
@@ -180,7 +197,8 @@ class MakeServiceTests(SynchronousTestCase):
     def test_developmentPKI(self) -> None:
         """
         Without TLS files the service creates the development PKI and
-        listens on port 8082 of all addresses (IPv4 and IPv6).
+        listens on port 8082 of all addresses: C{::}, IPv4 and IPv6, on a
+        host with dual-stack IPv6, else C{0.0.0.0}.
         """
         pki = os.path.join(self.dir, "pki")
         reactor = self.start("--pki", pki)
@@ -189,7 +207,7 @@ class MakeServiceTests(SynchronousTestCase):
             sorted("ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()),
         )
         [(port, factory, backlog, interface)] = reactor.tcpServers
-        self.assertEqual((port, interface), (8082, "::"))
+        self.assertEqual((port, interface), (8082, hostAllInterfaces()))
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
 
     def test_listen(self) -> None:
