@@ -172,9 +172,37 @@ class OptionsTests(SynchronousTestCase):
             (["--reload-interval", "-1"], "--reload-interval wants a number"),
             (["--port", "eighty"], "--port wants a number from 0 to 65535, not 'eighty'"),
             (["--port", "70000"], "--port wants a number from 0 to 65535, not '70000'"),
+            (
+                ["--forward", "127.0.0.1:8090"],
+                "--forward 127.0.0.1:8090 is not an endpoint description; did you mean"
+                " tcp:127.0.0.1:8090?",
+            ),
+            (["--forward", "localhost:80"], "did you mean tcp:localhost:80?"),
+            (["--forward", "[::1]:80"], "did you mean tcp:\\:\\:1:80?"),
+            (["--forward", "backend.example:80"], "did you mean tcp:backend.example:80?"),
         ]:
             error = self.assertRaises(UsageError, parse, *argv)
             self.assertIn(fragment, str(error), argv)
+
+    def test_oneLineUnderTwistd(self) -> None:
+        """
+        Under twistd (the options have a parent), a usage error, a bad
+        config file or an unknown option ends the process with one line,
+        C{mtlsd: ...}, instead of the usage followed by the error.
+        """
+        for argv, line in [
+            (["--cert", "s.pem"], "mtlsd: --cert needs --client-certs"),
+            (["--config", "/nonexistent.toml"], "mtlsd: config file /nonexistent.toml"),
+            (
+                ["--bogus"],
+                "mtlsd: option --bogus not recognized (twistd mtlsd --help lists the options)",
+            ),
+        ]:
+            options = Options()
+            options.parent = {"nodaemon": True}  # type: ignore[assignment]
+            error = self.assertRaises(SystemExit, options.parseOptions, argv)
+            self.assertTrue(str(error.code).startswith(line), (argv, error.code))
+            self.assertNotIn("\n", str(error.code))
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -342,12 +370,21 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_badApp(self) -> None:
         """
-        An C{--app} that cannot be loaded, or is not a factory, is refused.
+        An C{--app} that cannot be loaded, or is not a factory, is refused;
+        a module that cannot be imported is named, with the reason (twistd
+        does not look in the current folder).
         """
         pki = os.path.join(self.dir, "pki")
         for name, fragment in [
-            ("no.such.module", "cannot be loaded"),
+            (
+                "whoami_web.site",
+                "no module named whoami_web on the module path; twistd does not look in the"
+                " current folder: run it as PYTHONPATH=. twistd",
+            ),
+            ("os.nothing", "--app os.nothing cannot be loaded"),
+            ("json.decoder.JSONDecodeError", "--app json.decoder.JSONDecodeError cannot be loaded"),
             ("os.getcwd", "did not return an IProtocolFactory"),
+            ("echoes", "give the dotted name of a callable in a module"),
         ]:
             error = self.assertRaises(
                 SystemExit, makeService, parse("--pki", pki, "--app", name), MemoryReactorClock()
