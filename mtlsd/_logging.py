@@ -151,6 +151,14 @@ class _JSONLines:
         self._out.flush()
 
 
+def jsonLinesObserver(out: IO[str]) -> ILogObserver:
+    """
+    @return: an observer writing every event to C{out} as one line of JSON
+        (L{jsonLine}).
+    """
+    return _JSONLines(out)
+
+
 def logObserver(
     logFormat: str, logfile: str, nodaemon: bool, level: LogLevel = LogLevel.info
 ) -> ILogObserver:

@@ -15,7 +15,8 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -179,6 +180,25 @@ def metricsSite(metrics: Metrics, listening: Callable[[], bool]) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
     root.putChild(b"healthz", _Health(metrics, listening))
-    site = Site(root)
+    site = _QuietSite(root)
     site.noisy = False
     return site
+
+
+class _QuietSite(Site):
+    """
+    A site whose access log lines are debug events: a monitoring system
+    scrapes C{/metrics} and asks C{/healthz} several times a minute, which
+    at info level would bury the connection events.
+    """
+
+    _log = Logger(namespace="mtlsd.metrics")
+
+    def log(self, request: http.Request) -> None:
+        self._log.debug(
+            "{client} {method} {path} {code}",
+            client=request.getClientAddress(),
+            method=request.method.decode("ascii", "replace"),
+            path=request.uri.decode("ascii", "replace"),
+            code=request.code,
+        )

@@ -8,6 +8,8 @@ verified, and logs every connection's fate.
 from __future__ import annotations
 
 import datetime
+import socket
+import struct
 from collections.abc import Iterable
 from typing import cast
 
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.application.service import IService
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
@@ -29,6 +32,7 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     IReactorTime,
     IStreamServerEndpoint,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -74,6 +78,25 @@ def formatAddress(address: IAddress) -> str:
     if name is not None:
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return repr(address)
+
+
+def unixClient(transport: ITransport) -> str:
+    """
+    A client of a UNIX socket, which has no address of its own, as the logs
+    give it: C{unix:PATH} of the socket it connected to, and the client's
+    process and user where the kernel tells them (C{SO_PEERCRED}), e.g.
+    C{unix:/run/mtlsd.sock pid=1234 uid=1000}.
+    """
+    described = f"unix:{formatAddress(transport.getHost())}"
+    handle = getattr(transport, "getHandle", lambda: None)()
+    credentials = getattr(socket, "SO_PEERCRED", None)
+    if isinstance(handle, socket.socket) and credentials is not None:
+        try:
+            pid, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, credentials, 12))
+        except OSError:
+            return described
+        described += f" pid={pid} uid={uid}"
+    return described
 
 
 def noDelay(transport: object) -> None:
@@ -207,6 +230,7 @@ class _GateProtocol(ProtocolWrapper):
         self._refusal: tuple[str, dict[str, object]] | None = None
         self.peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         self._peer: _Peer | None = None
+        self._unixClient: str | None = None
         self._startedAt = 0.0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -220,7 +244,12 @@ class _GateProtocol(ProtocolWrapper):
         """
         if self.transport is None:
             return formatAddress(self._address)
-        return formatAddress(self._tls.getPeer())
+        peer = self._tls.getPeer()
+        if isinstance(peer, UNIXAddress) and not peer.name:
+            if self._unixClient is None:
+                self._unixClient = unixClient(self._tls.transport)  # type: ignore[arg-type]
+            return self._unixClient
+        return formatAddress(peer)
 
     @property
     def _tls(self) -> TLSMemoryBIOProtocol:

@@ -5,9 +5,11 @@ The twistd plugin: C{twistd -n mtlsd [options]}.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import math
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -37,7 +39,7 @@ from twisted.python.reflect import namedAny
 from ._config import configArguments, mergeArguments, repeatableOptions
 from ._context import DEFAULT_VERIFY_DEPTH, TLS_VERSIONS, ServerContext, ServerTLSSettings
 from ._errors import ConfigurationError
-from ._logging import FORMATS, logObserver
+from ._logging import FORMATS, jsonLinesObserver, logObserver
 from ._metrics import Metrics, metricsSite
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._policy import AllowPolicy
@@ -96,7 +98,7 @@ class Options(usage.Options):
             "port",
             "p",
             None,
-            f"TCP port to listen on (default {DEFAULT_PORT}; 0: any free port).",
+            f"TCP port to listen on (default {DEFAULT_PORT}; 0: any free port)",
             _number("port", int, 0, 65535),
         ],
         [
@@ -149,21 +151,21 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             DEFAULT_HANDSHAKE_TIMEOUT,
-            "Seconds a client has to complete the TLS handshake.",
+            "Seconds a client has to complete the TLS handshake",
             _number("handshake-timeout", float, 0.001),
         ],
         [
             "verify-depth",
             None,
             DEFAULT_VERIFY_DEPTH,
-            "Longest client certificate chain accepted.",
+            "Longest client certificate chain accepted",
             _number("verify-depth", int, 1),
         ],
         [
             "reload-interval",
             None,
             DEFAULT_RELOAD_INTERVAL,
-            "Seconds between checks of the certificate, key, bundle and CRL files (0: only on SIGHUP).",
+            "Seconds between checks of the certificate, key, bundle and CRL files (0: only on SIGHUP)",
             _number("reload-interval", float, 0),
         ],
         ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
@@ -171,35 +173,35 @@ class Options(usage.Options):
             "idle-timeout",
             None,
             None,
-            "Close connections idle (no byte either way) this many seconds (default: never).",
+            "Close connections idle (no byte either way) this many seconds (default: never)",
             _number("idle-timeout", float, 0.001),
         ],
         [
             "max-conn-lifetime",
             None,
             None,
-            "Close any connection this many seconds old (default: never).",
+            "Close any connection this many seconds old (default: never)",
             _number("max-conn-lifetime", float, 0.001),
         ],
         [
             "max-connections",
             None,
             None,
-            "Refuse new connections beyond this many at once.",
+            "Refuse new connections beyond this many at once",
             _number("max-connections", int, 1),
         ],
         [
             "max-connections-per-ip",
             None,
             None,
-            "Refuse new connections beyond this many at once from one IP address.",
+            "Refuse new connections beyond this many at once from one IP address",
             _number("max-connections-per-ip", int, 1),
         ],
         [
             "drain-timeout",
             None,
             30.0,
-            "On SIGTERM, seconds live connections have to finish before they are cut.",
+            "On SIGTERM, seconds live connections have to finish before they are cut",
             _number("drain-timeout", float, 0),
         ],
         [
@@ -207,7 +209,7 @@ class Options(usage.Options):
             None,
             1,
             "Processes accepting connections on the same sockets (default 1; a main process"
-            " starts and supervises them).",
+            " starts and supervises them)",
             _number("workers", int, 1, 256),
         ],
         [
@@ -269,15 +271,25 @@ class Options(usage.Options):
         """
         argv = list(sys.argv[1:] if options is None else options)
         self.arguments = list(argv)  # for --workers: each worker is given the same
-        path, rest = _takeConfig(argv, self.longOpt)
-        if path is not None:
-            try:
-                fromFile = configArguments(path, self)
-            except ConfigurationError as e:
-                raise usage.UsageError(str(e)) from None
-            argv = mergeArguments(fromFile, rest, repeatableOptions(self), self)
-            self["config"] = path
-        super().parseOptions(argv)
+        try:
+            path, rest = _takeConfig(argv, self.longOpt)
+            if path is not None:
+                try:
+                    fromFile = configArguments(path, self)
+                except ConfigurationError as e:
+                    raise usage.UsageError(str(e)) from None
+                argv = mergeArguments(fromFile, rest, repeatableOptions(self), self)
+                self["config"] = path
+            super().parseOptions(argv)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd or twist, which would print the whole usage on
+            # standard output before the error: one line on standard error.
+            message = str(e)
+            if "not recognized" in message:
+                message += " (twistd mtlsd --help lists the options)"
+            raise SystemExit(f"mtlsd: {message}") from None
 
     def opt_client_certs(self, path: str) -> None:
         """
@@ -376,6 +388,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--log-format must be text or json, not {self['log-format']!r}."
             )
+        twist = getattr(self, "parent", None)
+        if self["log-format"] == "json" and twist is not None and "fileLogObserverFactory" in twist:
+            # twist (unlike twistd) ignores the application's log observer
+            # and writes with the one its options name: mtlsd's JSON lines.
+            twist["fileLogObserverFactory"] = jsonLinesObserver
         if self["quiet"] not in (None, "handshake-errors"):
             raise usage.UsageError(f"--quiet takes handshake-errors, not {self['quiet']!r}.")
         if self["tls-min-version"] not in TLS_VERSIONS:
@@ -487,6 +504,14 @@ def _checkBackend(description: str) -> None:
     loopback addresses and UNIX sockets are allowed without
     C{--unsafe-backend}.
     """
+    if re.fullmatch(
+        r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost|[\w-]+(\.[\w-]+)+):[0-9]+", description
+    ):
+        host, _, port = description.rpartition(":")
+        suggestion = f"tcp:{quoteStringArgument(host.strip('[]'))}:{port}"
+        raise usage.UsageError(
+            f"--forward {description} is not an endpoint description; did you mean {suggestion}?"
+        )
     try:
         args, kwargs = _parse(description)
     except Exception as e:
@@ -519,6 +544,7 @@ def _appFactory(options: Options, reactor: Any) -> IProtocolFactory:
         echo = Factory.forProtocol(Echo)
         echo.noisy = False
         return echo
+    _importAppModule(name)
     try:
         factory = namedAny(name)()
     except Exception as e:
@@ -528,15 +554,47 @@ def _appFactory(options: Options, reactor: Any) -> IProtocolFactory:
     return factory
 
 
+def _importAppModule(name: str) -> None:
+    """
+    Import the module of C{--app NAME}, so that a module that cannot be
+    imported is named as such (L{namedAny} says only that C{NAME} "does not
+    name an object").
+
+    @raise ConfigurationError: if it cannot be imported.
+    """
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        raise ConfigurationError(
+            f"--app {name}: give the dotted name of a callable in a module (module.callable)."
+        )
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module.split(".")[0] == e.name.split(".")[0]:
+            raise ConfigurationError(
+                f"--app {name}: no module named {e.name} on the module path; twistd does not"
+                f" look in the current folder: run it as PYTHONPATH=. twistd ..., or install"
+                f" the module."
+            ) from None
+        raise ConfigurationError(
+            f"--app {name}: module {module} cannot be imported: {e}."
+        ) from None
+    except Exception as e:
+        raise ConfigurationError(
+            f"--app {name}: module {module} cannot be imported: {e}."
+        ) from None
+
+
 def _allInterfaces() -> str:
     """
     The address meaning "all interfaces": C{::}, which takes IPv4 clients
     too, where the system has IPv6 with dual-stack sockets; else C{0.0.0.0}.
     """
     try:
-        with open("/proc/sys/net/ipv6/bindv6only") as f:
-            dualStack = f.read().strip() == "0"
-        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            # Off by default where the system is dual-stack (Linux's
+            # net.ipv6.bindv6only = 0).
+            dualStack = not probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
     except OSError:
         return "0.0.0.0"
     return "::" if dualStack else "0.0.0.0"
@@ -608,10 +666,18 @@ class _ListeningService(Service):
     def privilegedStartService(self) -> None:
         # Before twistd gives up root (--uid/--gid): a port below 1024 needs it.
         super().privilegedStartService()
-        self._listen()
+        self.bind()
 
     def startService(self) -> None:
         super().startService()
+        self.bind()
+
+    def bind(self) -> None:
+        """
+        Listen now, if not listening yet.
+
+        @raise SystemExit: with one line, if it cannot listen.
+        """
         if self._port is None:
             self._listen()
 
@@ -758,6 +824,17 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             metricsEndpoint,
             metricsSite(service.metrics, healthy),
         )
+    if getattr(options, "parent", None) is not None:
+        # Under twistd, bind before it daemonizes (its start-up runs in the
+        # daemon after the fork, where a failure left the twistd command
+        # waiting for ever): a port in use, or one this user may not bind,
+        # ends the command with one line, before any pid file is written.
+        # The sockets are inherited by the daemon, as root's would be before
+        # --uid/--gid.
+        for listener in listeners:
+            listener.bind()
+        if service.metricsService is not None:
+            service.metricsService.bind()
     return service
 
 
@@ -774,7 +851,7 @@ class _DaemonService(MultiService):
         self.metrics = metrics
         self.role = role
         # Not a child: it stops only after the drain, to be watched during it.
-        self.metricsService: IService | None = None
+        self.metricsService: _ListeningService | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)

@@ -77,6 +77,9 @@ class MetricsTests(DaemonTestMixin, SynchronousTestCase):
         self.assertIn('mtlsd_certificate_expiry_timestamp_seconds{role="trusted"', after)
         status, body = get(metricsPort, "/healthz")
         self.assertEqual((status, json.loads(body)["status"]), (200, "ok"))
+        # Scrapes and health checks are logged at debug level only.
+        self.assertNotIn("GET /metrics", daemon.log())
+        self.assertNotIn("GET /healthz", daemon.log())
 
     def test_unhealthyWithExpiredCertificate(self) -> None:
         """

@@ -6,7 +6,7 @@ is.  Served with mutual TLS by C{twistd web} and an C{mtls:} string:
         --listen mtls:8443:certKey=mtlsd-pki/server.crt:privateKey=mtlsd-pki/server.key:clientCerts=mtlsd-pki/ca.crt
     curl --cert mtlsd-pki/client.crt --key mtlsd-pki/client.key --cacert mtlsd-pki/ca.crt https://localhost:8443/
 
-or by the mtlsd daemon itself: C{twistd -n mtlsd --app whoami_web.site}.
+or by the mtlsd daemon itself: C{PYTHONPATH=. twistd -n mtlsd --app whoami_web.site}.
 """
 
 from twisted.web.resource import Resource

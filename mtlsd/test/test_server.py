@@ -690,3 +690,25 @@ class PyOpenSSLNamesTests(SynchronousTestCase):
         self.assertTrue(callable(lib.X509_STORE_CTX_set_error))
         self.assertTrue(callable(lib.SSL_CTX_set_verify))
         self.assertTrue(callable(ffi.callback))
+
+
+class AcceptedTextTests(_LoggingTestCase):
+    def test_urisInAcceptedLine(self) -> None:
+        """
+        The C{accepted} line adds the client's URI SANs (SPIFFE IDs), when it
+        has any.
+        """
+        ca = TestCA()
+        workload = ca.issue("w", uris=["spiffe://example.org/a", "spiffe://example.org/b"])
+        Connection(
+            serverContext(ca.server(), [ca.certificate]), clientContext(workload, [ca.certificate])
+        ).flush()
+        Connection(
+            serverContext(ca.server(), [ca.certificate]),
+            clientContext(ca.issue("plain"), [ca.certificate]),
+        ).flush()
+        withURIs, plain = (formatEvent(e) for e in self.mtlsdEvents("accepted"))
+        self.assertTrue(
+            withURIs.endswith(" uri=spiffe://example.org/a uri=spiffe://example.org/b"), withURIs
+        )
+        self.assertRegex(plain, r"serial=[0-9a-f]+$")

@@ -3,6 +3,7 @@ Tests for L{mtlsd._tap}: the options of C{twistd mtlsd} and the service.
 """
 
 import os
+import socket
 
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -18,6 +19,22 @@ def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
+
+
+def hostAllInterfaces() -> str:
+    """
+    The address meaning "all interfaces" on this host, found the way the
+    kernel shows it rather than the way L{mtlsd._tap} reads it: C{::} where
+    a new IPv6 socket takes IPv4 clients too (dual-stack: C{IPV6_V6ONLY} off
+    by default, C{net.ipv6.bindv6only = 0} on Linux), else C{0.0.0.0} (no
+    IPv6, or IPv6-only sockets).
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            v6only = probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:
+        return "0.0.0.0"
+    return "0.0.0.0" if v6only else "::"
 
 
 class OptionsTests(SynchronousTestCase):
@@ -155,9 +172,37 @@ class OptionsTests(SynchronousTestCase):
             (["--reload-interval", "-1"], "--reload-interval wants a number"),
             (["--port", "eighty"], "--port wants a number from 0 to 65535, not 'eighty'"),
             (["--port", "70000"], "--port wants a number from 0 to 65535, not '70000'"),
+            (
+                ["--forward", "127.0.0.1:8090"],
+                "--forward 127.0.0.1:8090 is not an endpoint description; did you mean"
+                " tcp:127.0.0.1:8090?",
+            ),
+            (["--forward", "localhost:80"], "did you mean tcp:localhost:80?"),
+            (["--forward", "[::1]:80"], "did you mean tcp:\\:\\:1:80?"),
+            (["--forward", "backend.example:80"], "did you mean tcp:backend.example:80?"),
         ]:
             error = self.assertRaises(UsageError, parse, *argv)
             self.assertIn(fragment, str(error), argv)
+
+    def test_oneLineUnderTwistd(self) -> None:
+        """
+        Under twistd (the options have a parent), a usage error, a bad
+        config file or an unknown option ends the process with one line,
+        C{mtlsd: ...}, instead of the usage followed by the error.
+        """
+        for argv, line in [
+            (["--cert", "s.pem"], "mtlsd: --cert needs --client-certs"),
+            (["--config", "/nonexistent.toml"], "mtlsd: config file /nonexistent.toml"),
+            (
+                ["--bogus"],
+                "mtlsd: option --bogus not recognized (twistd mtlsd --help lists the options)",
+            ),
+        ]:
+            options = Options()
+            options.parent = {"nodaemon": True}  # type: ignore[assignment]
+            error = self.assertRaises(SystemExit, options.parseOptions, argv)
+            self.assertTrue(str(error.code).startswith(line), (argv, error.code))
+            self.assertNotIn("\n", str(error.code))
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -180,7 +225,8 @@ class MakeServiceTests(SynchronousTestCase):
     def test_developmentPKI(self) -> None:
         """
         Without TLS files the service creates the development PKI and
-        listens on port 8082 of all addresses (IPv4 and IPv6).
+        listens on port 8082 of all addresses: C{::}, IPv4 and IPv6, on a
+        host with dual-stack IPv6, else C{0.0.0.0}.
         """
         pki = os.path.join(self.dir, "pki")
         reactor = self.start("--pki", pki)
@@ -189,7 +235,7 @@ class MakeServiceTests(SynchronousTestCase):
             sorted("ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()),
         )
         [(port, factory, backlog, interface)] = reactor.tcpServers
-        self.assertEqual((port, interface), (8082, "::"))
+        self.assertEqual((port, interface), (8082, hostAllInterfaces()))
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
 
     def test_listen(self) -> None:
@@ -324,12 +370,21 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_badApp(self) -> None:
         """
-        An C{--app} that cannot be loaded, or is not a factory, is refused.
+        An C{--app} that cannot be loaded, or is not a factory, is refused;
+        a module that cannot be imported is named, with the reason (twistd
+        does not look in the current folder).
         """
         pki = os.path.join(self.dir, "pki")
         for name, fragment in [
-            ("no.such.module", "cannot be loaded"),
+            (
+                "whoami_web.site",
+                "no module named whoami_web on the module path; twistd does not look in the"
+                " current folder: run it as PYTHONPATH=. twistd",
+            ),
+            ("os.nothing", "--app os.nothing cannot be loaded"),
+            ("json.decoder.JSONDecodeError", "--app json.decoder.JSONDecodeError cannot be loaded"),
             ("os.getcwd", "did not return an IProtocolFactory"),
+            ("echoes", "give the dotted name of a callable in a module"),
         ]:
             error = self.assertRaises(
                 SystemExit, makeService, parse("--pki", pki, "--app", name), MemoryReactorClock()
