@@ -12,12 +12,13 @@ from ._client import (
     ServerNotTrusted,
     ServerRejectedClient,
 )
-from ._context import ServerContext, ServerTLSSettings
+from ._context import ServerContext
 from ._errors import ConfigurationError
 from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
 from ._policy import AllowPolicy
 from ._reload import TrustReloader
 from ._server import MtlsServerEndpoint, mtlsServerFactory
+from ._settings import ServerTLSSettings
 
 __all__ = [
     "AllowPolicy",

@@ -39,11 +39,11 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import classImplements, implementer
 
-from ._context import TLS_VERSIONS, VerifyFailure, VerifyRecorder, _tlsVersion
 from ._errors import ConfigurationError
 from ._files import Path, loadCertificateAndKey, loadCertificates
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
+from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, validTLSVersion
 
 
 class ServerRejectedClient(Exception):
@@ -75,7 +75,7 @@ class ClientTLSSettings:
     privateKey: PrivateKeyTypes | None
     chain: tuple[x509.Certificate, ...]
     trusted: tuple[x509.Certificate, ...]
-    minimumTLSVersion: str = field(default="1.2", validator=_tlsVersion)
+    minimumTLSVersion: str = field(default="1.2", validator=validTLSVersion)
 
     @classmethod
     def fromFiles(

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from ._context import ServerTLSSettings
+from ._settings import ServerTLSSettings
 
 
 @implementer(ILogObserver)

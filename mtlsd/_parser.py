@@ -180,7 +180,7 @@ class MtlsServerParser:
     ) -> IStreamServerEndpoint:
         from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 
-        from ._context import DEFAULT_VERIFY_DEPTH, ServerContext, ServerTLSSettings
+        from ._context import ServerContext
         from ._policy import AllowPolicy
         from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
         from ._server import (
@@ -189,6 +189,7 @@ class MtlsServerParser:
             ConnectionLimits,
             MtlsServerEndpoint,
         )
+        from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
 
         _check("server", kwargs, _SERVER_KEYS, ("certKey",))
         if "clientCerts" not in kwargs and "clientCA" not in kwargs:

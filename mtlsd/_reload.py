@@ -16,8 +16,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import _signals
-from ._context import ServerContext, ServerTLSSettings
+from ._context import ServerContext
 from ._files import Path
+from ._settings import ServerTLSSettings
 
 DEFAULT_RELOAD_INTERVAL = 2.0
 

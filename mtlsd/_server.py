@@ -44,12 +44,12 @@ from twisted.protocols.tls import (
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from ._admission import Verdict
 from ._context import ServerContext
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
     handshakeFailureReason,
-    verifyErrorText,
 )
 from ._tls import TLSFactory
 
@@ -136,7 +136,7 @@ def _presented(
     assert certificate is not None
     sent = connection.get_peer_cert_chain(as_cryptography=True)
     if sent is None:
-        return certificate, context.chainOf(certificate), True
+        return certificate, context.sessions.chainOf(certificate), True
     return certificate, tuple(c for c in sent if c != certificate), False
 
 
@@ -228,6 +228,8 @@ class _GateProtocol(ProtocolWrapper):
         self._idle: IDelayedCall | None = None
         self._lifetime: IDelayedCall | None = None
         self._refusal: tuple[str, dict[str, object]] | None = None
+        self._pending: Deferred[Verdict] | None = None
+        self._lost = False
         self.peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         self._peer: _Peer | None = None
         self._unixClient: str | None = None
@@ -261,8 +263,8 @@ class _GateProtocol(ProtocolWrapper):
         self.factory.registerProtocol(self)
 
     def connectionMade(self) -> None:
-        # The settings OpenSSL will verify this client with.
-        self._settings = self.factory.context.settings
+        # The admission (the settings) OpenSSL will verify this client with.
+        self._startedUnder = self.factory.context.admission
         clock, limits = self.factory.clock, self.factory.limits
         self._startedAt = clock.seconds()
         self._host = getattr(self._address, "host", "") or ""
@@ -308,11 +310,16 @@ class _GateProtocol(ProtocolWrapper):
         self._tls.abortConnection()
 
     def handshakeCompleted(self) -> None:
-        self._cancelTimeout()
+        """
+        OpenSSL verified the client's certificate, and the admission its
+        chain and allow-list in the verify step (or the session was
+        resumed): the admission decides what is left (see
+        L{Admission.afterHandshake}), now or later.  Until it has, the
+        application has not started and the handshake timeout runs.
+        """
         context = self.factory.context
-        connection = self._tls.getHandle()
         try:
-            certificate, chain, resumed = _presented(connection, context)
+            certificate, chain, resumed = _presented(self._tls.getHandle(), context)
             # What the logs need; the full PeerIdentity only for an
             # allow-list (the application makes its own when it asks).
             peer = _Peer(
@@ -324,33 +331,60 @@ class _GateProtocol(ProtocolWrapper):
         except Exception as e:
             # OpenSSL verified it, but cryptography cannot read it (a malformed
             # extension, say): fail closed.
-            self._refuse(f"unreadable client certificate: {e}")
+            self._refuse(f"unreadable client certificate: {e}", {})
             return
         now = datetime.datetime.fromtimestamp(self.factory.clock.seconds(), datetime.timezone.utc)
-        if resumed and certificate.not_valid_after_utc < now:
-            # The ticket was issued, after a full verification, by the context
-            # this connection uses (a reload makes a new one, whose tickets
-            # are new); but time has passed since (and tickets are renewed at
-            # each resumption): the certificate may have expired, a CRL may
-            # be past its nextUpdate (decided below).
-            self._refuse(verifyErrorText(_CERT_HAS_EXPIRED), commonName=peer.commonName)
-            return
-        # A full handshake was decided in OpenSSL's verify step (the chain,
-        # the issuers, the allow-list: refusals there reach the client as a
-        # TLS alert).  What is left: a resumed session, which sends no
-        # certificate, and a trust change after that step.
-        reason = None
-        if context.settings is not self._settings:
-            reason = context.recheck(certificate, chain, now)
-        elif resumed:
-            reason = context.recheckResumed(certificate, chain, now)
-        if reason is not None:
-            self._refuse(reason, commonName=peer.commonName)
-            return
+        verdict = context.admission.afterHandshake(
+            certificate, chain, resumed, self._startedUnder, now
+        )
+        if isinstance(verdict, Deferred):
+            self._pending = verdict
+            verdict.addCallbacks(
+                self._decided,
+                self._checkFailed,
+                callbackArgs=(certificate, chain, resumed, peer),
+            )
+        else:
+            self._decided(verdict, certificate, chain, resumed, peer)
+
+    def _decided(
+        self,
+        verdict: Verdict,
+        certificate: x509.Certificate,
+        chain: tuple[x509.Certificate, ...],
+        resumed: bool,
+        peer: _Peer,
+    ) -> None:
+        self._pending = None
+        if self._lost:
+            return  # gone while its admission was pending: already logged
+        if verdict is not None:
+            self._refuse(verdict.reason, verdict.fields)
+        else:
+            self._admit(certificate, chain, resumed, peer)
+
+    def _checkFailed(self, failure: Failure) -> None:
+        self._pending = None
+        if not self._lost:
+            self._refuse(f"admission check failed: {failure.getErrorMessage()}", {})
+
+    def _admit(
+        self,
+        certificate: x509.Certificate,
+        chain: tuple[x509.Certificate, ...],
+        resumed: bool,
+        peer: _Peer,
+    ) -> None:
+        """
+        Let the client in: log it, start its limits' timers and the
+        application.
+        """
+        self._cancelTimeout()
+        context = self.factory.context
         self._peer = peer
         self.peerNotAfter = certificate.not_valid_after_utc
         if not resumed:
-            context.rememberChain(certificate, chain)  # for its resumptions
+            context.sessions.rememberChain(certificate, chain)  # for its resumptions
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
         log.info(
@@ -394,7 +428,7 @@ class _GateProtocol(ProtocolWrapper):
         certificate, chain, _ = _presented(self._tls.getHandle(), self.factory.context)
         return certificate, chain
 
-    def _refuse(self, reason: str, **fields: object) -> None:
+    def _refuse(self, reason: str, fields: dict[str, object]) -> None:
         """
         Turn away a client whose certificate verified but who may not in.
         """
@@ -449,9 +483,12 @@ class _GateProtocol(ProtocolWrapper):
         ProtocolWrapper.writeSequence(self, data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._lost = True
         self._cancelTimeout()
+        if self._pending is not None:
+            self._pending.cancel()
         self.factory.unregisterProtocol(self)
-        self.factory.context.sessionEnded(self)
+        self.factory.context.sessions.ended(self)
         if not self._admitted:
             return  # refused by a limit, and logged so
         self.factory.limits.release(self._host)

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
 from ._config import configArguments, mergeArguments, repeatableOptions
-from ._context import DEFAULT_VERIFY_DEPTH, TLS_VERSIONS, ServerContext, ServerTLSSettings
+from ._context import ServerContext
 from ._errors import ConfigurationError
 from ._logging import FORMATS, jsonLinesObserver, logObserver
 from ._metrics import Metrics, metricsSite
@@ -53,6 +53,8 @@ from ._server import (
     ConnectionLimits,
     MtlsServerEndpoint,
 )
+from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
+from ._verify import TLS_VERSIONS
 from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 DEFAULT_PORT = 8082
@@ -907,7 +909,7 @@ class _Drain(Service):
             timeout=self._timeout,
             count=len(self._context.sessions),
         )
-        drained = self._context.whenDrained()
+        drained = self._context.sessions.whenDrained()
 
         def cutTheRest() -> None:
             count = len(self._context.sessions)

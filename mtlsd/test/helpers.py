@@ -18,9 +18,10 @@ from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from zope.interface import directlyProvides, implementer
 
 from mtlsd._client import ClientContext, ClientTLSSettings, _ClientGateFactory
-from mtlsd._context import ServerContext, ServerTLSSettings
+from mtlsd._context import ServerContext
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
+from mtlsd._settings import ServerTLSSettings
 from mtlsd._tls import IWritesInBulk, TLSFactory
 
 CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 40001)

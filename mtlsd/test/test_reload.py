@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from mtlsd import ServerContext, ServerTLSSettings, _context, _signals
+from mtlsd import ServerContext, ServerTLSSettings, _sessions, _settings, _signals
 from mtlsd._pki import certificatePEM, keyPEM, makeCRL
 from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
@@ -632,9 +632,9 @@ class WarningTests(_Case):
         self.assertEqual(self.mtlsdEvents("warning"), [])
         self.clock.advance(2)
         self.patch(
-            _context,
+            _settings,
             "CRL_WARNING_AHEAD",
-            _context.CRL_WARNING_AHEAD + datetime.timedelta(days=2),
+            _settings.CRL_WARNING_AHEAD + datetime.timedelta(days=2),
         )
         self.clock.advance(2)
         self.clock.advance(2)
@@ -815,15 +815,15 @@ class ResumptionTests(_Case):
         The chains kept for resumed clients are the most recently used: one
         a resumption just used outlives one learnt later but not used since.
         """
-        self.patch(_context, "KNOWN_CHAINS", 2)
+        self.patch(_sessions, "KNOWN_CHAINS", 2)
         self.write("clients.pem", self.trust(self.ca.certificate))
         context = self.start()
         a, b, c, i = (self.ca.issue(n).certificate for n in "abci")
-        context.rememberChain(a, (i,))
-        context.rememberChain(b, (i,))
-        self.assertEqual(context.chainOf(a), (i,))
-        context.rememberChain(c, (i,))
-        self.assertEqual((context.chainOf(a), context.chainOf(b)), ((i,), ()))
+        context.sessions.rememberChain(a, (i,))
+        context.sessions.rememberChain(b, (i,))
+        self.assertEqual(context.sessions.chainOf(a), (i,))
+        context.sessions.rememberChain(c, (i,))
+        self.assertEqual((context.sessions.chainOf(a), context.sessions.chainOf(b)), ((i,), ()))
 
     def test_resumedSessionKeepsChain(self) -> None:
         """

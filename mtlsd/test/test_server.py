@@ -19,12 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
-from mtlsd._context import ServerTLSSettings, isIssuingCA
 from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
+from mtlsd._settings import ServerTLSSettings, isIssuingCA
 from mtlsd.test.helpers import (
     CLIENT_ADDRESS,
     Connection,
@@ -616,14 +616,14 @@ class IssuerTests(_LoggingTestCase):
         The re-check of live sessions applies the same rule.
         """
         context = serverContext(self.server, [], clientCAs=(self.client1.certificate,))
-        self.assertIsNone(context.recheck(self.mallory.certificate, ()))
+        self.assertIsNone(context.admission.decide(self.mallory.certificate, ()))
         context.update(
             ServerTLSSettings(
                 self.server.certificate, self.server.key, trusted=(self.client1.certificate,)
             )
         )
         self.assertEqual(
-            context.recheck(self.mallory.certificate, ()),
+            getattr(context.admission.decide(self.mallory.certificate, ()), "reason", None),
             "issuer is a client certificate, not a CA",
         )
 
@@ -678,7 +678,7 @@ class PolicyInHandshakeTests(_LoggingTestCase):
 class PyOpenSSLNamesTests(SynchronousTestCase):
     def test_bindingsStillThere(self) -> None:
         """
-        The names of pyOpenSSL's bindings that L{mtlsd._openssl} uses exist.
+        The names of pyOpenSSL's bindings that L{mtlsd._verify} uses exist.
         """
         from OpenSSL import SSL
         from OpenSSL._util import ffi, lib

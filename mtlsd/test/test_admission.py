@@ -1,0 +1,182 @@
+"""
+Tests for L{mtlsd._admission}: one object decides who gets in, in every
+situation, and its verdict may come later.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from OpenSSL.SSL import X509VerificationCodes as Codes
+from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
+from twisted.test.proto_helpers import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from mtlsd._admission import Admission
+from mtlsd._context import ServerContext
+from mtlsd._metrics import Metrics
+from mtlsd._policy import AllowPolicy
+from mtlsd._settings import ServerTLSSettings
+from mtlsd._verify import VerifyFailure
+from mtlsd.test.helpers import Connection, TestCA, clientContext, hoursAgo
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+class AdmissionTests(SynchronousTestCase):
+    """
+    L{Admission}'s verdicts, situation by situation.
+    """
+
+    def setUp(self) -> None:
+        self.ca = TestCA()
+        self.server = self.ca.server()
+        self.alice = self.ca.issue("alice")
+
+    def admission(self, **kw: Any) -> Admission:
+        return Admission(
+            ServerTLSSettings(
+                self.server.certificate, self.server.key, trusted=(self.ca.certificate,), **kw
+            )
+        )
+
+    def test_decide(self) -> None:
+        """
+        C{decide} admits a client of a trusted CA the allow-list admits; it
+        refuses one the allow-list does not, with the client's identity.
+        """
+        self.assertIsNone(self.admission().decide(self.alice.certificate, ()))
+        verdict = self.admission(policy=AllowPolicy(commonNames=["bob"])).decide(
+            self.alice.certificate, ()
+        )
+        assert verdict is not None
+        self.assertEqual(
+            (verdict.reason, verdict.fields["commonName"]), ("not allowed by policy", "alice")
+        )
+
+    def test_resumedExpired(self) -> None:
+        """
+        A resumed session whose certificate has expired since is refused as
+        OpenSSL would refuse it in a full handshake.
+        """
+        old = self.ca.issue("old", notBefore=hoursAgo(48), days=1)
+        verdict = self.admission().resumed(old.certificate, (), NOW)
+        assert verdict is not None
+        self.assertEqual(
+            (verdict.reason, verdict.errno), ("certificate has expired", Codes.ERR_CERT_HAS_EXPIRED)
+        )
+        self.assertIsNone(self.admission().resumed(self.alice.certificate, (), NOW))
+
+    def test_expired(self) -> None:
+        """
+        A live session is cut once its certificate has expired.
+        """
+        admission = self.admission()
+        self.assertIsNone(admission.expired(NOW, NOW - datetime.timedelta(seconds=1)))
+        verdict = admission.expired(NOW, NOW + datetime.timedelta(seconds=1))
+        assert verdict is not None
+        self.assertEqual(verdict.reason, "no longer trusted")
+
+    def test_afterHandshakeTrustChanged(self) -> None:
+        """
+        After a handshake begun under other settings, the admission in force
+        decides in full.
+        """
+        before = self.admission()
+        after = Admission(
+            ServerTLSSettings(
+                self.server.certificate, self.server.key, trusted=(self.server.certificate,)
+            )
+        )
+        verdict = after.afterHandshake(self.alice.certificate, (), False, before, NOW)
+        assert isinstance(verdict, VerifyFailure)
+        self.assertEqual(verdict.reason, "no longer trusted")
+        self.assertIsNone(before.afterHandshake(self.alice.certificate, (), False, before, NOW))
+
+
+class PendingAdmissionTests(SynchronousTestCase):
+    """
+    A further check may answer later: the gate holds the connection, the
+    application not started, under the handshake timeout.
+    """
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+        self.metrics = Metrics()
+        globalLogPublisher.addObserver(self.metrics)
+        self.addCleanup(globalLogPublisher.removeObserver, self.metrics)
+        self.ca = TestCA()
+        self.asked: list[tuple[Any, Deferred[Any]]] = []
+
+        def check(certificate: Any, chain: Any) -> Deferred[Any]:
+            answer: Deferred[Any] = Deferred()
+            self.asked.append((certificate, answer))
+            return answer
+
+        server = self.ca.server()
+        self.context = ServerContext(
+            ServerTLSSettings(server.certificate, server.key, trusted=(self.ca.certificate,)),
+            checks=[check],
+        )
+        self.alice = self.ca.issue("alice")
+
+    def connect(self) -> Connection:
+        c = Connection(self.context, clientContext(self.alice, [self.ca.certificate]))
+        c.flush()
+        return c
+
+    def mtlsdEvents(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("mtlsdEvent") == name]
+
+    def test_applicationStartsAfterTheVerdict(self) -> None:
+        """
+        The application's C{connectionMade} runs only once the check has
+        admitted the client.
+        """
+        c = self.connect()
+        [(certificate, answer)] = self.asked
+        self.assertEqual(certificate, self.alice.certificate)
+        self.assertFalse(c.app.made)
+        self.assertEqual(self.mtlsdEvents("accepted"), [])
+        answer.callback(None)
+        self.assertTrue(c.app.made)
+        [accepted] = self.mtlsdEvents("accepted")
+        self.assertEqual(accepted["commonName"], "alice")
+
+    def test_lateRefusal(self) -> None:
+        """
+        A refusal arriving late is logged and counted like any other; the
+        application never starts.
+        """
+        c = self.connect()
+        [(_, answer)] = self.asked
+        answer.callback(VerifyFailure(Codes.ERR_CERT_REVOKED, 0, "CN=alice", "revoked by OCSP"))
+        c.flush()
+        self.assertFalse(c.app.made)
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "revoked by OCSP")
+        self.assertEqual(
+            self.metrics.registry.get_sample_value(
+                "mtlsd_handshakes_rejected_total", {"reason": "revoked by OCSP"}
+            ),
+            1,
+        )
+
+    def test_timeoutWhilePending(self) -> None:
+        """
+        The handshake timeout still runs while the verdict is pending: the
+        connection is then cut as a handshake timeout, and the check's
+        Deferred is cancelled.
+        """
+        c = self.connect()
+        [(_, answer)] = self.asked
+        c.clock.advance(10)
+        c.flush()
+        self.assertFalse(c.app.made)
+        self.assertTrue(answer.called)  # cancelled
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "handshake timeout")
