@@ -5,6 +5,7 @@ Only clients whose certificate is in (or chains to) a bundle of trusted
 certificates get through to the application.
 """
 
+from ._build import MtlsServer, MtlsServerEndpoint, ServerConfiguration
 from ._client import (
     ClientContext,
     ClientTLSSettings,
@@ -17,7 +18,7 @@ from ._errors import ConfigurationError
 from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
 from ._policy import AllowPolicy
 from ._reload import TrustReloader
-from ._server import MtlsServerEndpoint, mtlsServerFactory
+from ._server import mtlsServerFactory
 from ._settings import ServerTLSSettings
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "ClientTLSSettings",
     "ConfigurationError",
     "MtlsClientEndpoint",
+    "MtlsServer",
     "MtlsServerEndpoint",
     "PeerIdentity",
+    "ServerConfiguration",
     "ServerContext",
     "ServerNotTrusted",
     "ServerRejectedClient",

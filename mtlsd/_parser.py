@@ -180,34 +180,49 @@ class MtlsServerParser:
     ) -> IStreamServerEndpoint:
         from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 
-        from ._context import ServerContext
+        from ._build import MtlsServer, ServerConfiguration
         from ._policy import AllowPolicy
-        from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-        from ._server import (
-            DEFAULT_BACKLOG,
-            DEFAULT_HANDSHAKE_TIMEOUT,
-            ConnectionLimits,
-            MtlsServerEndpoint,
-        )
-        from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
+        from ._reload import DEFAULT_RELOAD_INTERVAL
+        from ._server import DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT
+        from ._settings import DEFAULT_VERIFY_DEPTH
 
         _check("server", kwargs, _SERVER_KEYS, ("certKey",))
         if "clientCerts" not in kwargs and "clientCA" not in kwargs:
             raise DescriptionError("mtls: server endpoint: clientCerts= is required (or clientCA=)")
         # Every value is checked before any file is read: a mistake is named
         # at once, whatever else is wrong.
-        verifyDepth = _whole("verifyDepth", kwargs.get("verifyDepth", str(DEFAULT_VERIFY_DEPTH)), 1)
-        handshakeTimeout = _seconds(
-            "handshakeTimeout", kwargs.get("handshakeTimeout", str(DEFAULT_HANDSHAKE_TIMEOUT))
+        configuration = ServerConfiguration(
+            certificate=kwargs["certKey"],
+            key=kwargs.get("privateKey"),
+            passphrase=kwargs.get("keyPassphraseFile"),
+            clientCertificates=_list(kwargs.get("clientCerts")),
+            clientCAs=_list(kwargs.get("clientCA")),
+            crls=_list(kwargs.get("crl")),
+            crlCheckChain=_flag(kwargs, "crlCheckChain"),
+            crlRequired=_flag(kwargs, "crlRequired"),
+            policy=AllowPolicy(
+                commonNames=_list(kwargs.get("allowCN")),
+                dnsNames=_list(kwargs.get("allowDNS")),
+                uris=_list(kwargs.get("allowURI")),
+                ipAddresses=_list(kwargs.get("allowIP")),
+                organizationalUnits=_list(kwargs.get("allowOU")),
+                fingerprints=_list(kwargs.get("allowFingerprint")),
+                spkiFingerprints=_list(kwargs.get("allowSPKI")),
+            ),
+            verifyDepth=_whole(
+                "verifyDepth", kwargs.get("verifyDepth", str(DEFAULT_VERIFY_DEPTH)), 1
+            ),
+            minimumTLSVersion=_tlsVersion(kwargs),
+            handshakeTimeout=_seconds(
+                "handshakeTimeout", kwargs.get("handshakeTimeout", str(DEFAULT_HANDSHAKE_TIMEOUT))
+            ),
+            reloadInterval=_seconds(
+                "reloadInterval",
+                kwargs.get("reloadInterval", str(DEFAULT_RELOAD_INTERVAL)),
+                zero="only on SIGHUP",
+            ),
+            keepLiveSessions=_flag(kwargs, "keepLiveSessions"),
         )
-        reloadInterval = _seconds(
-            "reloadInterval",
-            kwargs.get("reloadInterval", str(DEFAULT_RELOAD_INTERVAL)),
-            zero="only on SIGHUP",
-        )
-        minimumTLSVersion = _tlsVersion(kwargs)
-        crlCheckChain, crlRequired = _flag(kwargs, "crlCheckChain"), _flag(kwargs, "crlRequired")
-        keepLiveSessions = _flag(kwargs, "keepLiveSessions")
         plain: IStreamServerEndpoint
         if "endpoint" in kwargs:
             if args or "interface" in kwargs or "backlog" in kwargs:
@@ -228,57 +243,7 @@ class MtlsServerParser:
             raise DescriptionError(
                 "mtls: server endpoint needs a port (mtls:8443:...) or endpoint="
             )
-        certificate, key = kwargs["certKey"], kwargs.get("privateKey")
-        passphrase = kwargs.get("keyPassphraseFile")
-        clientCertificates, crls = _list(kwargs.get("clientCerts")), _list(kwargs.get("crl"))
-        clientCAs = _list(kwargs.get("clientCA"))
-        policy = AllowPolicy(
-            commonNames=_list(kwargs.get("allowCN")),
-            dnsNames=_list(kwargs.get("allowDNS")),
-            uris=_list(kwargs.get("allowURI")),
-            ipAddresses=_list(kwargs.get("allowIP")),
-            organizationalUnits=_list(kwargs.get("allowOU")),
-            fingerprints=_list(kwargs.get("allowFingerprint")),
-            spkiFingerprints=_list(kwargs.get("allowSPKI")),
-        )
-
-        def load() -> ServerTLSSettings:
-            return ServerTLSSettings.fromFiles(
-                certificate,
-                key,
-                clientCertificates,
-                crls,
-                passphrase,
-                clientCAs,
-                crlCheckChain=crlCheckChain,
-                crlRequired=crlRequired,
-                policy=policy,
-                verifyDepth=verifyDepth,
-                minimumTLSVersion=minimumTLSVersion,
-            )
-
-        context = ServerContext(load())
-        reloader = TrustReloader(
-            context,
-            load,
-            [
-                certificate,
-                *([key] if key else []),
-                *([passphrase] if passphrase else []),
-                *clientCertificates,
-                *clientCAs,
-                *crls,
-            ],
-            reactor,
-            reloadInterval,
-            keepLiveSessions,
-        )
-        return MtlsServerEndpoint(
-            context,
-            plain,
-            ConnectionLimits(handshakeTimeout=handshakeTimeout),
-            reloader=reloader,
-        )
+        return MtlsServer(configuration, reactor).endpoint(plain)
 
 
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)

@@ -13,25 +13,22 @@ import struct
 from collections.abc import Iterable
 from typing import cast
 
-from attrs import define, frozen
+from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from twisted.application.service import IService
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
-    IListeningPort,
     IProtocol,
     IProtocolFactory,
     IProtocolNegotiationFactory,
     IReactorTime,
-    IStreamServerEndpoint,
     ITransport,
 )
 from twisted.internet.protocol import Protocol
@@ -632,129 +629,3 @@ def mtlsServerFactory(
     assert clock is not None
     gate = _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)
     return TLSFactory(context, False, gate, clock=clock, application=appFactory)
-
-
-@implementer(IStreamServerEndpoint)
-class MtlsServerEndpoint:
-    """
-    A server endpoint that puts mutual TLS on a plain stream endpoint.
-    """
-
-    def __init__(
-        self,
-        context: ServerContext,
-        endpoint: IStreamServerEndpoint,
-        limits: ConnectionLimits | None = None,
-        clock: IReactorTime | None = None,
-        reloader: IService | None = None,
-        quietRejections: bool = False,
-    ) -> None:
-        """
-        @param context: the server's TLS context.
-        @param endpoint: the plain endpoint to listen on.
-        @param limits: connection limits and timeouts, shared by listeners.
-        @param clock: the time source (default: the global reactor).
-        @param reloader: a service keeping C{context} up to date with its files
-            (a L{TrustReloader}).  If it is not running, C{listen} starts it,
-            and it stops when the last port listening through it stops.
-        @param quietRejections: log rejected handshakes at debug level only.
-        """
-        self._context = context
-        self._endpoint = endpoint
-        self._limits = limits
-        self._clock = clock
-        self._reloader = reloader
-        self._quiet = quietRejections
-        self._startedReloader = False
-        self._holders = 0
-
-    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        """
-        Listen, starting C{protocolFactory}'s protocols for verified clients.
-
-        @return: a Deferred firing with the listening port.  If this call
-            started the reloader, the port's C{stopListening} stops it too
-            (once no other port of this endpoint needs it), and so does a
-            failure to listen.
-        """
-        holding = self._holdReloader()
-        listening = self._endpoint.listen(
-            mtlsServerFactory(
-                self._context, protocolFactory, self._limits, self._clock, self._quiet
-            )
-        )
-        if not holding:
-            return listening
-
-        def failed(reason: Failure) -> Failure:
-            self._releaseReloader()
-            return reason
-
-        return listening.addCallbacks(lambda port: _ReloadingPort(port, self), failed)
-
-    def _holdReloader(self) -> bool:
-        """
-        Start the reloader unless it runs already (someone else's to stop
-        then), and count one more port needing it.
-
-        @return: whether the port to come holds the reloader.
-        """
-        if self._reloader is None:
-            return False
-        if not self._reloader.running:
-            self._reloader.startService()
-            self._startedReloader = True
-        elif not self._startedReloader:
-            return False
-        self._holders += 1
-        return True
-
-    def _releaseReloader(self) -> Deferred[object]:
-        """
-        One port needs the reloader no more: stop it after the last.
-
-        @return: a Deferred firing when the reloader has stopped.
-        """
-        self._holders -= 1
-        if self._holders or not self._startedReloader:
-            return succeed(None)
-        assert self._reloader is not None
-        self._startedReloader = False
-        return maybeDeferred(self._reloader.stopService)
-
-
-@implementer(IListeningPort)
-@define
-class _ReloadingPort:
-    """
-    A port of an L{MtlsServerEndpoint} whose C{listen} started the trust
-    reloader: a helper service lives and dies with what it serves, so
-    C{stopListening} stops the reloader, then the port (as txacme's
-    C{_WrapperPort} stops its certificate-issuing service).
-    """
-
-    _port: IListeningPort
-    _endpoint: MtlsServerEndpoint
-    _holding: bool = True
-
-    def startListening(self) -> None:
-        """
-        Listen again (after L{stopListening}), with the reloader again.
-        """
-        self._port.startListening()
-        if not self._holding:
-            self._holding = self._endpoint._holdReloader()
-
-    def stopListening(self) -> Deferred[None]:
-        """
-        Stop the reloader (unless another port of the endpoint still needs
-        it), then stop listening.
-        """
-        released: Deferred[object] = succeed(None)
-        if self._holding:
-            self._holding = False
-            released = self._endpoint._releaseReloader()
-        return released.addCallback(lambda _: self._port.stopListening())
-
-    def getHost(self) -> IAddress:
-        return self._port.getHost()

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 import mtlsd
 from mtlsd import ConfigurationError
 from mtlsd._config import configArguments, mergeArguments, repeatableOptions
-from mtlsd._tap import _REPEATABLE, Options
+from mtlsd._options import _REPEATABLE, Options
 
 CONTRIB = os.path.join(os.path.dirname(mtlsd.__file__), "..", "contrib", "mtlsd.toml")
 

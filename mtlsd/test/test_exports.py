@@ -15,7 +15,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import mtlsd
-from mtlsd import _client, _context, _errors, _identity, _policy, _reload, _server
+from mtlsd import (
+    _build,
+    _client,
+    _context,
+    _errors,
+    _identity,
+    _policy,
+    _reload,
+    _server,
+    _settings,
+)
 from mtlsd.test.helpers import TestCA, clientContext, serverContext
 
 
@@ -24,7 +34,17 @@ class ExportTests(SynchronousTestCase):
         """
         Every name in C{mtlsd.__all__} is the object of its private module.
         """
-        modules = [_client, _context, _errors, _identity, _policy, _reload, _server]
+        modules = [
+            _build,
+            _client,
+            _context,
+            _errors,
+            _identity,
+            _policy,
+            _reload,
+            _server,
+            _settings,
+        ]
         for name in mtlsd.__all__:
             homes = [m for m in modules if getattr(m, name, None) is getattr(mtlsd, name)]
             self.assertTrue(homes, name)

@@ -1,0 +1,532 @@
+# -*- test-case-name: mtlsd.test.test_tap -*-
+"""
+The options of C{twistd mtlsd}, their checks, the TOML file they may come
+from, and the server configuration they describe.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import sys
+from typing import Any
+
+from twisted.internet.endpoints import (  # _parse: Twisted's own reading of descriptions
+    _parse,
+    quoteStringArgument,
+)
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ._build import ServerConfiguration
+from ._config import configArguments, mergeArguments, repeatableOptions
+from ._errors import ConfigurationError
+from ._logging import FORMATS, jsonLinesObserver
+from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+from ._policy import AllowPolicy
+from ._proxyheader import VERSIONS as PROXY_VERSIONS
+from ._reload import DEFAULT_RELOAD_INTERVAL
+from ._server import DEFAULT_HANDSHAKE_TIMEOUT
+from ._settings import DEFAULT_VERIFY_DEPTH
+from ._verify import TLS_VERSIONS
+
+DEFAULT_PORT = 8082
+
+log = Logger(namespace="mtlsd")
+
+
+def _number(
+    option: str, kind: type[int] | type[float], minimum: float, maximum: float = math.inf
+) -> Any:
+    """
+    A coercer for C{usage.Options} whose error names the option.
+    """
+    wanted = f"at least {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
+
+    def coerce(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not minimum <= number <= maximum:
+            raise ValueError(f"--{option} wants a number {wanted}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = f"{wanted.capitalize()}."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd mtlsd}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A mutual-TLS server: only clients whose certificate is in (or chains"
+        " to) a --client-certs bundle get through to the app.  With no"
+        " --cert/--key/--client-certs it runs on a development PKI in --pki"
+        " (created on first run)."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            None,
+            f"TCP port to listen on (default {DEFAULT_PORT}; 0: any free port)",
+            _number("port", int, 0, 65535),
+        ],
+        [
+            "interface",
+            "i",
+            "",
+            "Address to listen on with --port (default: all, IPv4 and IPv6).",
+        ],
+        [
+            "cert",
+            "c",
+            None,
+            "Server certificate PEM, optionally followed by its chain and key.",
+        ],
+        ["key", "k", None, "Server private key PEM (default: the key inside --cert)."],
+        [
+            "key-passphrase-file",
+            None,
+            None,
+            "File whose first line is the passphrase of an encrypted --key or PKCS#12 --cert.",
+        ],
+        [
+            "pki",
+            None,
+            DEFAULT_PKI_DIR,
+            "Development PKI directory, used when no --cert, --key or --client-certs is given.",
+        ],
+        [
+            "app",
+            None,
+            None,
+            "'echo' (the default without --forward), or the dotted name of a callable"
+            " returning an IProtocolFactory.",
+        ],
+        [
+            "forward",
+            None,
+            None,
+            "Relay each authenticated connection to this plaintext backend, a client endpoint"
+            " (tcp:127.0.0.1:8080, unix:/run/app.sock).",
+        ],
+        [
+            "proxy-protocol",
+            None,
+            None,
+            "With --forward, start with a PROXY protocol header: v1, v2 (with the TLS"
+            " identity) or v2-full (and the client certificate).",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds a client has to complete the TLS handshake",
+            _number("handshake-timeout", float, 0.001),
+        ],
+        [
+            "verify-depth",
+            None,
+            DEFAULT_VERIFY_DEPTH,
+            "Longest client certificate chain accepted",
+            _number("verify-depth", int, 1),
+        ],
+        [
+            "reload-interval",
+            None,
+            DEFAULT_RELOAD_INTERVAL,
+            "Seconds between checks of the certificate, key, bundle and CRL files (0: only on SIGHUP)",
+            _number("reload-interval", float, 0),
+        ],
+        ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Close connections idle (no byte either way) this many seconds (default: never)",
+            _number("idle-timeout", float, 0.001),
+        ],
+        [
+            "max-conn-lifetime",
+            None,
+            None,
+            "Close any connection this many seconds old (default: never)",
+            _number("max-conn-lifetime", float, 0.001),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Refuse new connections beyond this many at once",
+            _number("max-connections", int, 1),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            None,
+            "Refuse new connections beyond this many at once from one IP address",
+            _number("max-connections-per-ip", int, 1),
+        ],
+        [
+            "drain-timeout",
+            None,
+            30.0,
+            "On SIGTERM, seconds live connections have to finish before they are cut",
+            _number("drain-timeout", float, 0),
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Processes accepting connections on the same sockets (default 1; a main process"
+            " starts and supervises them)",
+            _number("workers", int, 1, 256),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /healthz on this endpoint, e.g. tcp:9102:interface=127.0.0.1.",
+        ],
+        ["log-format", None, "text", "text or json (one object per line)."],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of these options (keys are the long names); the command line overrides it.",
+        ],
+        ["quiet", None, None, "handshake-errors: log rejected handshakes at debug level only."],
+    ]
+    compData = usage.Completions(
+        optActions={
+            "cert": usage.CompleteFiles("*.pem *.crt"),
+            "key": usage.CompleteFiles("*.pem *.key"),
+            "pki": usage.CompleteDirs(),
+        }
+    )
+
+    optFlags = [
+        [
+            "crl-check-chain",
+            None,
+            "Check the CRLs of every CA in the client's chain, not just the leaf's issuer.",
+        ],
+        [
+            "crl-required",
+            None,
+            "Reject clients whose issuer has no CRL (default: CAs without a --crl are not checked).",
+        ],
+        [
+            "keep-live-sessions",
+            None,
+            "After a reload, keep established connections whose peer is no longer admitted.",
+        ],
+        [
+            "unsafe-backend",
+            None,
+            "Allow a --forward backend that is not on loopback or a UNIX socket.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in _REPEATABLE:
+            self[name] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line, after the settings of C{--config FILE}:
+        options given on the command line override the file's (a repeatable
+        option given there replaces the file's list).
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        self.arguments = list(argv)  # for --workers: each worker is given the same
+        try:
+            path, rest = _takeConfig(argv, self.longOpt)
+            if path is not None:
+                try:
+                    fromFile = configArguments(path, self)
+                except ConfigurationError as e:
+                    raise usage.UsageError(str(e)) from None
+                argv = mergeArguments(fromFile, rest, repeatableOptions(self), self)
+                self["config"] = path
+            super().parseOptions(argv)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd or twist, which would print the whole usage on
+            # standard output before the error: one line on standard error.
+            message = str(e)
+            if "not recognized" in message:
+                message += " (twistd mtlsd --help lists the options)"
+            raise SystemExit(f"mtlsd: {message}") from None
+
+    def opt_client_certs(self, path: str) -> None:
+        """
+        PEM bundle of trusted client certificates and/or CAs (repeatable).
+        """
+        self["client-certs"].append(path)
+
+    def opt_client_ca(self, path: str) -> None:
+        """
+        PEM bundle of CAs trusted to issue client certificates, whatever their keyUsage (repeatable).
+        """
+        self["client-ca"].append(path)
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Plain server endpoint to put TLS on, e.g. tcp:8443 (repeatable; replaces --port).
+        """
+        self["listen"].append(description)
+
+    def opt_crl(self, path: str) -> None:
+        """
+        Certificate revocation list, PEM or DER (repeatable).
+        """
+        self["crl"].append(path)
+
+    def opt_allow_cn(self, pattern: str) -> None:
+        """
+        Admit clients whose CN matches (glob: * one label, ** any; repeatable).
+        """
+        self["allow-cn"].append(pattern)
+
+    def opt_allow_dns(self, pattern: str) -> None:
+        """
+        Admit clients with a matching DNS name SAN (glob; repeatable).
+        """
+        self["allow-dns"].append(pattern)
+
+    def opt_allow_uri(self, pattern: str) -> None:
+        """
+        Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).
+        """
+        self["allow-uri"].append(pattern)
+
+    def opt_allow_ip(self, network: str) -> None:
+        """
+        Admit clients with an IP SAN in this address or network (repeatable).
+        """
+        self["allow-ip"].append(network)
+
+    def opt_allow_ou(self, unit: str) -> None:
+        """
+        Admit clients with this organizational unit (repeatable).
+        """
+        self["allow-ou"].append(unit)
+
+    def opt_allow_fingerprint(self, digest: str) -> None:
+        """
+        Admit the certificate with this SHA-256 fingerprint (repeatable).
+        """
+        self["allow-fingerprint"].append(digest)
+
+    def opt_allow_spki(self, digest: str) -> None:
+        """
+        Admit certificates whose public key has this SHA-256 (repeatable).
+        """
+        self["allow-spki"].append(digest)
+
+    def policy(self) -> AllowPolicy:
+        """
+        The allow-list the C{--allow-*} options describe.
+
+        @raise ConfigurationError: for a malformed entry.
+        """
+        return AllowPolicy(
+            commonNames=self["allow-cn"],
+            dnsNames=self["allow-dns"],
+            uris=self["allow-uri"],
+            ipAddresses=self["allow-ip"],
+            organizationalUnits=self["allow-ou"],
+            fingerprints=self["allow-fingerprint"],
+            spkiFingerprints=self["allow-spki"],
+        )
+
+    def postOptions(self) -> None:
+        if self["app"] and self["forward"]:
+            raise usage.UsageError("--app and --forward cannot be used together.")
+        if self["proxy-protocol"] and not self["forward"]:
+            raise usage.UsageError("--proxy-protocol goes with --forward.")
+        if self["proxy-protocol"] not in (None, *PROXY_VERSIONS):
+            raise usage.UsageError(
+                f"--proxy-protocol must be v1, v2 or v2-full, not {self['proxy-protocol']!r}."
+            )
+        if self["forward"] and not self["unsafe-backend"]:
+            _checkBackend(self["forward"])
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {self['log-format']!r}."
+            )
+        twist = getattr(self, "parent", None)
+        if self["log-format"] == "json" and twist is not None and "fileLogObserverFactory" in twist:
+            # twist (unlike twistd) ignores the application's log observer
+            # and writes with the one its options name: mtlsd's JSON lines.
+            twist["fileLogObserverFactory"] = jsonLinesObserver
+        if self["quiet"] not in (None, "handshake-errors"):
+            raise usage.UsageError(f"--quiet takes handshake-errors, not {self['quiet']!r}.")
+        if self["tls-min-version"] not in TLS_VERSIONS:
+            raise usage.UsageError(
+                f"--tls-min-version must be 1.2 or 1.3, not {self['tls-min-version']!r}."
+            )
+        if self["listen"] and self["port"] is not None:
+            raise usage.UsageError("--listen and --port cannot be used together.")
+        if self["listen"] and self["interface"]:
+            raise usage.UsageError("--interface goes with --port, not --listen.")
+        given = [name for name in ("cert", "key", "key-passphrase-file") if self[name]]
+        given += [name for name in ("client-certs", "client-ca", "crl") if self[name]]
+        if given and "cert" not in given:
+            raise usage.UsageError(
+                "--key, --key-passphrase-file, --client-certs, --client-ca and --crl need --cert"
+                " (or give none of them to use the development PKI)."
+            )
+        if given and "client-certs" not in given and "client-ca" not in given:
+            raise usage.UsageError(
+                "--cert needs --client-certs: the bundle of trusted client"
+                " certificates (or give none of them to use the development PKI)."
+            )
+
+
+def _takeConfig(argv: list[str], longOptions: list[str]) -> tuple[str | None, list[str]]:
+    """
+    Find C{--config FILE} (or C{--config=FILE}, or an abbreviation getopt
+    would accept) in C{argv}.
+
+    @return: the file, if any, and the other arguments.
+    @raise usage.UsageError: if it is given twice.
+    """
+    names = [option.rstrip("=") for option in longOptions]
+
+    def isConfig(argument: str) -> bool:
+        name = argument[2:].partition("=")[0]
+        return argument.startswith("--") and (
+            name == "config"
+            or bool(name)
+            and [n for n in names if n.startswith(name)] == ["config"]
+        )
+
+    found: str | None = None
+    rest: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--":
+            rest += [argument, *arguments]
+            break
+        if not isConfig(argument):
+            rest.append(argument)
+            continue
+        if found is not None:
+            raise usage.UsageError("--config was given twice.")
+        _, equals, value = argument.partition("=")
+        found = value if equals else next(arguments, None)
+        if found is None:
+            raise usage.UsageError("--config needs a file name.")
+    return found, rest
+
+
+_REPEATABLE = (
+    "client-certs",
+    "client-ca",
+    "listen",
+    "crl",
+    "allow-cn",
+    "allow-dns",
+    "allow-uri",
+    "allow-ip",
+    "allow-ou",
+    "allow-fingerprint",
+    "allow-spki",
+)
+
+
+def _checkBackend(description: str) -> None:
+    """
+    Refuse a backend that plaintext would reach across a network: only
+    loopback addresses and UNIX sockets are allowed without
+    C{--unsafe-backend}.
+    """
+    if re.fullmatch(
+        r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost|[\w-]+(\.[\w-]+)+):[0-9]+", description
+    ):
+        host, _, port = description.rpartition(":")
+        suggestion = f"tcp:{quoteStringArgument(host.strip('[]'))}:{port}"
+        raise usage.UsageError(
+            f"--forward {description} is not an endpoint description; did you mean {suggestion}?"
+        )
+    try:
+        args, kwargs = _parse(description)
+    except Exception as e:
+        raise usage.UsageError(f"--forward {description}: {e}") from None
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return
+    host = kwargs.get("host", args[1] if len(args) > 1 else "")
+    try:
+        local = kind in ("tcp", "tcp6") and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = kind in ("tcp", "tcp6") and host == "localhost"
+    if not local:
+        raise usage.UsageError(
+            f"--forward {description}: the backend is not on loopback or a UNIX socket, so"
+            " plaintext would leave this host; give --unsafe-backend if that is intended."
+        )
+
+
+def _trustFiles(options: Options) -> tuple[str, str, list[str], list[str]]:
+    """
+    The server certificate, key, client bundles and CRLs: as given, or those
+    of the development PKI, which is made if it is not there yet.
+    """
+    if options["cert"]:
+        return options["cert"], options["key"], options["client-certs"], options["crl"]
+    pki = DevelopmentPKI(options["pki"])
+    where = os.path.abspath(options["pki"])
+    if pki.exists():
+        log.info("using the development PKI in {where}", where=where)
+    else:
+        pki.init()
+        log.info(
+            "created a development PKI in {where}: ca.crt, server.crt (for"
+            " localhost, 127.0.0.1, ::1), client.crt and their keys, crl.pem",
+            where=where,
+        )
+    path = lambda name: str(pki.path(name))  # noqa: E731
+    return path("server.crt"), path("server.key"), [path("ca.crt")], [path("crl.pem")]
+
+
+def serverConfiguration(options: Options) -> ServerConfiguration:
+    """
+    The server the options describe, on the development PKI when they give
+    no TLS files (which is made if it is not there yet).
+
+    @raise ConfigurationError: for a malformed allow-list entry.
+    """
+    certificate, key, clientCertificates, crls = _trustFiles(options)
+    return ServerConfiguration(
+        certificate=certificate,
+        key=key,
+        passphrase=options["key-passphrase-file"],
+        clientCertificates=clientCertificates,
+        clientCAs=options["client-ca"],
+        crls=crls,
+        crlCheckChain=options["crl-check-chain"],
+        crlRequired=options["crl-required"],
+        policy=options.policy(),
+        verifyDepth=options["verify-depth"],
+        minimumTLSVersion=options["tls-min-version"],
+        handshakeTimeout=options["handshake-timeout"],
+        idleTimeout=options["idle-timeout"],
+        maxLifetime=options["max-conn-lifetime"],
+        maxConnections=options["max-connections"],
+        maxPerAddress=options["max-connections-per-ip"],
+        reloadInterval=options["reload-interval"],
+        keepLiveSessions=options["keep-live-sessions"],
+        quietRejections=options["quiet"] is not None,
+    )
