@@ -824,18 +824,28 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             metricsEndpoint,
             metricsSite(service.metrics, healthy),
         )
-    if getattr(options, "parent", None) is not None:
-        # Under twistd, bind before it daemonizes (its start-up runs in the
-        # daemon after the fork, where a failure left the twistd command
-        # waiting for ever): a port in use, or one this user may not bind,
-        # ends the command with one line, before any pid file is written.
-        # The sockets are inherited by the daemon, as root's would be before
-        # --uid/--gid.
+    if _daemonizing(options):
+        # Bind before twistd daemonizes (its start-up runs in the daemon
+        # after the fork, where a failure left the twistd command waiting
+        # for ever): a port in use, or one this user may not bind, ends the
+        # command with one line, before any pid file is written.  The
+        # sockets are inherited by the daemon, as root's would be before
+        # --uid/--gid.  In the foreground (-n, twist) the listeners bind at
+        # start-up as Twisted's do, just before the reloader starts
+        # answering SIGHUP.
         for listener in listeners:
             listener.bind()
         if service.metricsService is not None:
             service.metricsService.bind()
     return service
+
+
+def _daemonizing(options: Options) -> bool:
+    """
+    Whether twistd will daemonize (fork into the background) to run them.
+    """
+    twistd = getattr(options, "parent", None)
+    return twistd is not None and "nodaemon" in twistd and not twistd["nodaemon"]
 
 
 class _DaemonService(MultiService):
