@@ -79,7 +79,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         service.metricsService = _metricsService(
             options["metrics"], reactor, service, listeners, pool
         )
-    if getattr(options, "parent", None) is not None:
+    if _daemonizing(options):
         _bindBeforeDaemonizing([*listeners, service.metricsService])
     return service
 
@@ -108,15 +108,25 @@ def _metricsService(
 
 def _bindBeforeDaemonizing(listeners: list[ListeningService | None]) -> None:
     """
-    Under twistd, bind before it daemonizes (its start-up runs in the
-    daemon after the fork, where a failure left the twistd command waiting
-    for ever): a port in use, or one this user may not bind, ends the
-    command with one line, before any pid file is written.  The sockets are
-    inherited by the daemon, as root's would be before C{--uid}/C{--gid}.
+    Bind before twistd daemonizes (its start-up runs in the daemon after
+    the fork, where a failure left the twistd command waiting for ever): a
+    port in use, or one this user may not bind, ends the command with one
+    line, before any pid file is written.  The sockets are inherited by the
+    daemon, as root's would be before C{--uid}/C{--gid}.  In the foreground
+    (C{-n}, twist) the listeners bind at start-up as Twisted's do, just
+    before the reloader starts answering SIGHUP.
     """
     for listener in listeners:
         if listener is not None:
             listener.bind()
+
+
+def _daemonizing(options: Options) -> bool:
+    """
+    Whether twistd will daemonize (fork into the background) to run them.
+    """
+    twistd = getattr(options, "parent", None)
+    return twistd is not None and "nodaemon" in twistd and not twistd["nodaemon"]
 
 
 def _connectCommand(options: Options, where: str) -> str:
