@@ -24,36 +24,9 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-FORMATS = ("text", "json")
+from ._events import JSON_NAMES
 
-# The fields of mtlsd's events, under their stable JSON names.
-_FIELDS = {
-    "client": "client",
-    "commonName": "cn",
-    "fingerprint": "fingerprint",
-    "spkiFingerprint": "spki_fingerprint",
-    "serial": "serial",
-    "reason": "reason",
-    "depth": "depth",
-    "subject": "subject",
-    "limit": "limit",
-    "bytesIn": "bytes_in",
-    "bytesOut": "bytes_out",
-    "duration": "duration",
-    "handshakeDuration": "handshake_duration",
-    "resumed": "resumed",
-    "mtlsdWorker": "worker",
-    "pid": "pid",
-    "error": "error",
-    "problem": "problem",
-    "bundle": "bundle",
-    "count": "count",
-    "timeout": "timeout",
-    "dnsNames": "dns_names",
-    "uris": "uris",
-    "ipAddresses": "ip_addresses",
-    "organizationalUnits": "ous",
-}
+FORMATS = ("text", "json")
 
 
 def _message(event: dict[str, Any]) -> str:
@@ -132,7 +105,7 @@ def jsonLine(event: dict[str, Any]) -> str:
         "event": event.get("mtlsdEvent", "log"),
         "message": _message(event),
     }
-    for field, name in _FIELDS.items():
+    for field, name in JSON_NAMES.items():
         if field in event:
             value = event[field]
             record[name] = list(value) if isinstance(value, tuple) else value

@@ -21,15 +21,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from ._events import EVENTS, Metric
 from ._settings import ServerTLSSettings
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 @implementer(ILogObserver)
 class Metrics:
     """
-    mtlsd's metrics, in a registry of their own.  As a log observer it
-    counts mtlsd's events (C{accepted}, C{closed}, C{rejected}, ...); the
-    certificate expiry gauges follow the settings given to L{observeSettings}.
+    mtlsd's metrics, in a registry of their own.  As a log observer it moves
+    the metrics the table of events (L{mtlsd._events.EVENTS}) gives each
+    event; the certificate expiry gauges follow the settings given to
+    L{observeSettings}, and after each reload.
     """
 
     def __init__(self, settings: Callable[[], ServerTLSSettings] | None = None) -> None:
@@ -39,95 +43,62 @@ class Metrics:
         """
         self._settings = settings
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.accepted = Counter(
-            "mtlsd_connections_accepted", "Clients admitted after the handshake.", registry=r
-        )
-        self.rejected = Counter(
-            "mtlsd_handshakes_rejected",
-            "Connections turned away before the application, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.active = Gauge("mtlsd_connections_active", "Established connections.", registry=r)
-        self.bytes = Counter(
-            "mtlsd_bytes", "Application bytes relayed, by direction.", ["direction"], registry=r
-        )
-        self.handshakes = Histogram(
-            "mtlsd_handshake_duration_seconds",
-            "From TCP accept to an admitted client.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.cut = Counter(
-            "mtlsd_connections_cut",
-            "Live connections cut: trust changed (revoked, no longer trusted, not allowed"
-            " by policy) or shutdown.",
-            ["reason"],
-            registry=r,
-        )
-        self.refused = Counter(
-            "mtlsd_connections_refused", "Connections refused by a limit.", ["limit"], registry=r
-        )
-        self.timeouts = Counter(
-            "mtlsd_connections_timed_out",
-            "Connections closed by the idle or lifetime limit.",
-            ["limit"],
-            registry=r,
-        )
-        self.reloads = Counter("mtlsd_reloads", "Trust reloads, by result.", ["result"], registry=r)
+        self._metrics: dict[str, Any] = {}
+        for event in EVENTS.values():
+            for metric in event.metrics:
+                if metric.name not in self._metrics:
+                    self._metrics[metric.name] = self._make(metric)
         self.lastReload = Gauge(
             "mtlsd_last_reload_success_timestamp_seconds",
             "When the trust was last loaded successfully.",
-            registry=r,
-        )
-        self.backendFailures = Counter(
-            "mtlsd_backend_connect_failures", "Backend connections that failed.", registry=r
+            registry=self.registry,
         )
         self.expiry = Gauge(
             "mtlsd_certificate_expiry_timestamp_seconds",
             "notAfter of the server certificate and of every trusted certificate.",
             ["role", "subject", "sha256"],
-            registry=r,
+            registry=self.registry,
         )
         self.serverExpiry = self.serverStart = 0.0
-        self._counters: dict[str, Callable[[dict[str, Any]], None]] = {
-            "accepted": self._accepted,
-            "closed": self._closed,
-            "rejected": lambda e: self.rejected.labels(e.get("reason", "?")).inc(),
-            "cut": lambda e: self.cut.labels(e.get("reason", "?")).inc(),
-            "refused": lambda e: self.refused.labels(e.get("limit", "?")).inc(),
-            "timeout": lambda e: self.timeouts.labels(e.get("limit", "?")).inc(),
-            "reloaded": self._reloaded,
-            "reload-failed": lambda e: self.reloads.labels("failed").inc(),
-            "backend-unavailable": lambda e: self.backendFailures.inc(),
-        }
         if settings is not None:
             self.observeSettings(settings())
 
+    def _make(self, metric: Metric) -> Any:
+        labels = [label for label, _ in metric.labels]
+        if metric.kind == "counter":
+            return Counter(metric.name, metric.help, labels, registry=self.registry)
+        if metric.kind == "gauge":
+            return Gauge(metric.name, metric.help, labels, registry=self.registry)
+        return Histogram(metric.name, metric.help, labels, buckets=_BUCKETS, registry=self.registry)
+
     def __call__(self, event: dict[str, Any]) -> None:
-        name = event.get("mtlsdEvent", "")
-        if "mtlsdWorker" in event and name in ("reloaded", "reload-failed"):
-            return  # each worker reloads the trust this process reloads and counts
-        count = self._counters.get(name)
-        if count is not None:
-            count(event)
-
-    def _accepted(self, event: dict[str, Any]) -> None:
-        self.accepted.inc()
-        self.active.inc()
-        if "handshakeDuration" in event:
-            self.handshakes.observe(event["handshakeDuration"])
-
-    def _closed(self, event: dict[str, Any]) -> None:
-        self.active.dec()
-        self.bytes.labels("in").inc(event.get("bytesIn", 0))
-        self.bytes.labels("out").inc(event.get("bytesOut", 0))
-
-    def _reloaded(self, event: dict[str, Any]) -> None:
-        self.reloads.labels("ok").inc()
-        if self._settings is not None:
+        kind = EVENTS.get(event.get("mtlsdEvent", ""))
+        if kind is None:
+            return
+        fromWorker = "mtlsdWorker" in event
+        for metric in kind.metrics:
+            if metric.perProcess and fromWorker:
+                continue  # each worker does what this process does and counts
+            self._move(metric, event)
+        if kind.name == "reloaded" and not fromWorker and self._settings is not None:
             self.observeSettings(self._settings())
+
+    def _move(self, metric: Metric, event: dict[str, Any]) -> None:
+        published = self._metrics[metric.name]
+        if metric.labels:
+            published = published.labels(
+                *[
+                    source[1:] if source.startswith("=") else str(event.get(source, "?"))
+                    for _, source in metric.labels
+                ]
+            )
+        if metric.kind == "gauge":
+            published.inc(int(metric.amount))
+        elif metric.kind == "histogram":
+            if metric.amount in event:
+                published.observe(event[metric.amount])
+        else:
+            published.inc(1 if metric.amount == 1 else event.get(str(metric.amount), 0))
 
     def observeSettings(self, settings: ServerTLSSettings) -> None:
         """

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
+from ._events import emit
 from ._server import formatAddress, noDelay
 from ._tls import IWritesInBulk
 
@@ -81,9 +82,9 @@ class _Side(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         if self.outbound and not reason.check(ConnectionDone):
-            log.info(
-                "outbound connection lost: {error}",
-                mtlsdEvent="outbound-lost",
+            emit(
+                log,
+                "outbound-lost",
                 error=reason.getErrorMessage(),
             )
         other = self.other
@@ -120,9 +121,9 @@ class _Inbound(_Side):
         try:
             self._preamble = self.relay.preamble(self.transport)
         except ValueError as e:
-            log.warn(
-                "cannot relay {client}: {error}",
-                mtlsdEvent="proxy-header-error",
+            emit(
+                log,
+                "proxy-header-error",
                 client=formatAddress(self.transport.getPeer()),
                 error=str(e),
             )
@@ -157,9 +158,9 @@ class _Inbound(_Side):
 
     def _unavailable(self, failure: Failure) -> None:
         assert self.transport is not None
-        log.info(
-            "backend unavailable: {error} (client {client})",
-            mtlsdEvent="backend-unavailable",
+        emit(
+            log,
+            "backend-unavailable",
             error=failure.getErrorMessage(),
             client=formatAddress(self.transport.getPeer()),
         )

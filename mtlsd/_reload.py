@@ -14,9 +14,11 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import _signals
 from ._context import ServerContext
+from ._events import emit
 from ._files import Path
 from ._settings import ServerTLSSettings
 
@@ -39,6 +41,10 @@ def _fingerprint(paths: Sequence[Path]) -> tuple[bytes | None, ...]:
         except OSError:
             digests.append(None)
     return tuple(digests)
+
+
+def _counted(count: int, thing: str) -> str:
+    return f"{count} {thing}" + ("" if count == 1 else "s")
 
 
 class TrustReloader(Service):
@@ -88,10 +94,11 @@ class TrustReloader(Service):
         self._seen = _fingerprint(self._paths)
         for path, digest in zip(self._paths, self._seen, strict=True):
             if digest is None:
-                log.warn(
-                    "cannot read {path} as this user: a change to it will not be picked up"
+                emit(
+                    log,
+                    "warning",
+                    text="cannot read {path} as this user: a change to it will not be picked up"
                     " (with --uid, make the files readable by that user or group)",
-                    mtlsdEvent="warning",
                     path=path,
                 )
         self._logTrust()
@@ -115,7 +122,10 @@ class TrustReloader(Service):
             self._unsubscribe = None
 
     def _reloadOnSignal(self) -> None:
-        log.info("SIGHUP: reloading", mtlsdEvent="sighup")
+        emit(
+            log,
+            "sighup",
+        )
         self.reload()
 
     def check(self) -> bool:
@@ -136,7 +146,7 @@ class TrustReloader(Service):
             self.reload()
         except Exception:
             # Whatever happens, the next check must still run.
-            log.failure("checking the trust files failed", mtlsdEvent="reload-failed")
+            emit(log, "reload-failed", failure=Failure(), text="checking the trust files failed")
         return True
 
     def _logTrust(self) -> None:
@@ -144,7 +154,7 @@ class TrustReloader(Service):
         Log what each trust file makes trusted.
         """
         for bundle in self.context.settings.bundles:
-            log.info("trusted: {bundle}", mtlsdEvent="trusted", bundle=bundle)
+            emit(log, "trusted", bundle=bundle)
 
     def _warn(self) -> None:
         """
@@ -153,7 +163,7 @@ class TrustReloader(Service):
         for warning in self.context.settings.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
-                log.warn("WARNING: {problem}", mtlsdEvent="warning", problem=warning)
+                emit(log, "warning", problem=warning)
 
     def reload(self) -> bool:
         """
@@ -170,9 +180,9 @@ class TrustReloader(Service):
             self.context.update(settings)
         except Exception as e:  # ConfigurationError, or anything OpenSSL refuses
             self.failures += 1
-            log.error(
-                "reload failed, keeping the trust in force: {error}",
-                mtlsdEvent="reload-failed",
+            emit(
+                log,
+                "reload-failed",
                 error=str(e),
             )
             return False
@@ -181,11 +191,15 @@ class TrustReloader(Service):
         self._warned.clear()
         self._warn()
         cut = 0 if self._keepLiveSessions else self.context.revalidate()
-        log.info(
-            "reloaded: {trusted} trusted certificates, {crls} CRLs; {cut} connections cut",
-            mtlsdEvent="reloaded",
-            trusted=len(settings.anchors),
-            crls=len(settings.crls),
+        trusted, crls = len(settings.anchors), len(settings.crls)
+        emit(
+            log,
+            "reloaded",
+            trusted=trusted,
+            crls=crls,
             cut=cut,
+            trustedText=_counted(trusted, "trusted certificate"),
+            crlsText=_counted(crls, "CRL"),
+            cutText=_counted(cut, "connection") + " cut",
         )
         return True

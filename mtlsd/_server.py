@@ -11,7 +11,7 @@ import datetime
 import socket
 import struct
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 from attrs import frozen
 from cryptography import x509
@@ -32,7 +32,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import (
     TLSMemoryBIOFactory,
@@ -43,6 +43,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from ._admission import Verdict
 from ._context import ServerContext
+from ._events import emit
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
@@ -267,9 +268,9 @@ class _GateProtocol(ProtocolWrapper):
         self._host = getattr(self._address, "host", "") or ""
         refused = limits.admit(self._host)
         if refused is not None:
-            log.info(
-                "refused {client}: {limit} reached",
-                mtlsdEvent="refused",
+            emit(
+                log,
+                "refused",
                 client=self._client,
                 limit=refused,
             )
@@ -297,9 +298,9 @@ class _GateProtocol(ProtocolWrapper):
 
     def _limitReached(self, limit: str) -> None:
         self._cancelTimeout()  # the other limit's timer too
-        log.info(
-            "timeout {client}: CN={commonName}: {limit}",
-            mtlsdEvent="timeout",
+        emit(
+            log,
+            "timeout",
             client=self._client,
             commonName=self._peer.commonName if self._peer else None,
             limit=limit,
@@ -384,9 +385,9 @@ class _GateProtocol(ProtocolWrapper):
             context.sessions.rememberChain(certificate, chain)  # for its resumptions
         context.sessions.add(self)
         clock, limits = self.factory.clock, self.factory.limits
-        log.info(
-            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}{uriText}",
-            mtlsdEvent="accepted",
+        emit(
+            log,
+            "accepted",
             client=self._client,
             commonName=peer.commonName,
             fingerprint=peer.fingerprint,
@@ -403,10 +404,9 @@ class _GateProtocol(ProtocolWrapper):
                 limits.maxLifetime, self._limitReached, "max-conn-lifetime"
             )
         if certificate == context.settings.certificate:
-            log.warn(
-                "client {client} presented the server's own certificate: anyone holding it"
-                " can also impersonate this server; give clients certificates of their own",
-                mtlsdEvent="shared-certificate",
+            emit(
+                log,
+                "shared-certificate",
                 client=self._client,
             )
         app = self.factory.wrappedFactory.buildProtocol(self._tls.getPeer())
@@ -438,9 +438,9 @@ class _GateProtocol(ProtocolWrapper):
         admitted (see L{ServerContext.revalidate}).
         """
         assert self._peer is not None
-        log.info(
-            "cut {client}: CN={commonName} sha256={fingerprint}: {reason}",
-            mtlsdEvent="cut",
+        emit(
+            log,
+            "cut",
             client=self._client,
             commonName=self._peer.commonName,
             fingerprint=self._peer.fingerprint,
@@ -492,10 +492,9 @@ class _GateProtocol(ProtocolWrapper):
         if self._peer is None:
             self._logRejection(reason)
         else:
-            log.info(
-                "closed {client}: CN={commonName} in={bytesIn} out={bytesOut}"
-                " duration={duration:.3f}s",
-                mtlsdEvent="closed",
+            emit(
+                log,
+                "closed",
                 client=self._client,
                 commonName=self._peer.commonName,
                 bytesIn=self.bytesIn,
@@ -507,7 +506,7 @@ class _GateProtocol(ProtocolWrapper):
 
     def _logRejection(self, reason: Failure) -> None:
         failure = self.factory.context.verifyFailure(self._tls.getHandle())
-        fields: dict[str, object] = {}
+        fields: dict[str, Any] = {}
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
         elif self._refusal is not None:
@@ -523,9 +522,10 @@ class _GateProtocol(ProtocolWrapper):
         quiet = self.factory.quietRejections or (
             text == CLOSED_BEFORE_HANDSHAKE and getattr(self._tls, "rawBytesIn", 0) == 0
         )
-        (log.debug if quiet else log.info)(
-            "rejected {client}: {reason}{detail}",
-            mtlsdEvent="rejected",
+        emit(
+            log,
+            "rejected",
+            level=LogLevel.debug if quiet else None,
             client=self._client,
             reason=text,
             detail=_detail(fields),

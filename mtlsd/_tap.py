@@ -17,6 +17,7 @@ from ._apps import appFactory
 from ._build import MtlsServer
 from ._context import ServerContext
 from ._errors import ConfigurationError
+from ._events import emit
 from ._listening import ListeningService, pause, plainEndpoints
 from ._logging import logObserver
 from ._metrics import Metrics, metricsSite
@@ -199,9 +200,9 @@ class _Drain(Service):
         super().stopService()
         if not self._context.sessions:
             return None
-        log.info(
-            "shutting down: waiting up to {timeout}s for {count} connections",
-            mtlsdEvent="draining",
+        emit(
+            log,
+            "draining",
             timeout=self._timeout,
             count=len(self._context.sessions),
         )
@@ -209,9 +210,9 @@ class _Drain(Service):
 
         def cutTheRest() -> None:
             count = len(self._context.sessions)
-            log.info(
-                "drain timeout: cutting {count} connections",
-                mtlsdEvent="drain-timeout",
+            emit(
+                log,
+                "drain-timeout",
                 count=count,
             )
             for session in list(self._context.sessions):

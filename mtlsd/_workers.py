@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from . import _signals
 from ._errors import ConfigurationError
+from ._events import emit
 
 WORKER_ENVIRONMENT = "MTLSD_WORKER"
 LOG_FD = 3
@@ -244,9 +245,9 @@ class WorkerPool(Service):
             childFDs=fds,
         )
         self.workers[index] = worker
-        log.info(
-            "worker {mtlsdWorker} started: pid {pid}",
-            mtlsdEvent="worker-started",
+        emit(
+            log,
+            "worker-started",
             mtlsdWorker=index,
             pid=process.pid,
         )
@@ -274,9 +275,9 @@ class WorkerPool(Service):
         if self._reactor.seconds() - worker.startedAt < STABLE_AFTER:
             delay = min(2 * self._delays.get(worker.index, RESTART_DELAY / 2), MAX_RESTART_DELAY)
         self._delays[worker.index] = delay
-        log.warn(
-            "worker {mtlsdWorker} exited ({why}): restarting it in {delay}s",
-            mtlsdEvent="worker-exited",
+        emit(
+            log,
+            "worker-exited",
             mtlsdWorker=worker.index,
             why=reason.getErrorMessage(),
             delay=delay,

@@ -731,7 +731,7 @@ class HAProxyScaleOutTests(ForwardTestMixin, SynchronousTestCase):
 
         self.writeBundle("alice")
         for daemon in daemons:
-            daemon.waitForLog(r"reloaded: 1 trusted certificates")
+            daemon.waitForLog(r"reloaded: 1 trusted certificate, ")
 
         for _ in range(2):
             address, admitted = self.connect(port, "bob")
