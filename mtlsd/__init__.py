@@ -12,18 +12,19 @@ from ._client import (
     ServerNotTrusted,
     ServerRejectedClient,
 )
-from ._context import ServerContext, ServerTLSSettings
+from ._context import ServerContext, ServerTLSSettings, VerifyFailure
 from ._errors import ConfigurationError
 from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
 from ._policy import AllowPolicy
 from ._reload import TrustReloader
-from ._server import MtlsServerEndpoint, mtlsServerFactory
+from ._server import ConnectionLimits, MtlsServerEndpoint, mtlsServerFactory
 
 __all__ = [
     "AllowPolicy",
     "ClientContext",
     "ClientTLSSettings",
     "ConfigurationError",
+    "ConnectionLimits",
     "MtlsClientEndpoint",
     "MtlsServerEndpoint",
     "PeerIdentity",
@@ -32,6 +33,7 @@ __all__ = [
     "ServerRejectedClient",
     "ServerTLSSettings",
     "TrustReloader",
+    "VerifyFailure",
     "identityFromCertificate",
     "mtlsServerFactory",
     "peerIdentity",
