@@ -33,7 +33,7 @@ from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -77,7 +77,7 @@ class Credentials:
     """
 
     certificate: x509.Certificate
-    key: PrivateKeyTypes
+    key: ec.EllipticCurvePrivateKey
     chain: tuple[x509.Certificate, ...] = field(default=(), converter=_certificates)
 
     def certificatePEM(self) -> bytes:
@@ -330,9 +330,11 @@ class MemoryConnection:
     @ivar clock: the time of both sides; advancing it runs timeouts.
     @ivar pump: the L{twisted.test.iosim.IOPump} moving bytes between the two ends.
     @ivar serverTLS: the server's TLS protocol, over the server's transport.
-    @ivar clientTLS: the client's TLS protocol, over the client's transport;
-        write to it and close it as the client would (its C{getHandle} is
-        the client's OpenSSL connection: ALPN, version, session).
+    @ivar clientTLS: the client's TLS protocol, over the client's transport:
+        write to it and close it as the client would.
+    @ivar clientConnection: the client's OpenSSL connection (the
+        negotiated ALPN protocol and TLS version, its session, the CA names
+        the server sent), there after the connection is lost too.
     @ivar client: the client's application protocol: the one
         C{clientFactory} built, or a L{RecordingProtocol}.
     """
@@ -409,11 +411,20 @@ class MemoryConnection:
                 application=clientFactory,
             )
 
+        # The protocols are read as they are built: a ProtocolWrapper
+        # forgets the protocol it wraps when the connection is lost.
         def server() -> TLSMemoryBIOProtocol:
-            return serverFactory.buildProtocol(clientAddress)
+            tls = serverFactory.buildProtocol(clientAddress)
+            # mtlsd's gate, between TLS and the application, which it builds
+            # once the client is admitted (and keeps).
+            self._gate = tls.wrappedProtocol
+            return tls
 
         def client() -> TLSMemoryBIOProtocol:
-            return clientTLSFactory.buildProtocol(serverAddress)
+            tls = clientTLSFactory.buildProtocol(serverAddress)
+            wrapped: Any = tls.wrappedProtocol
+            self.client = wrapped if twistedClient else wrapped.wrappedProtocol
+            return tls
 
         self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(
             server,
@@ -425,10 +436,12 @@ class MemoryConnection:
                 p, True, peerAddress=clientAddress, hostAddress=serverAddress
             ),
             clock=self.clock,
-            greet=greet,
+            greet=False,
         )
-        wrapped: Any = self.clientTLS.wrappedProtocol
-        self.client = wrapped if twistedClient else wrapped.wrappedProtocol
+        # Read now: the TLS protocol forgets it when the connection is lost.
+        self.clientConnection: SSL.Connection = self.clientTLS.getHandle()
+        if greet:
+            self.flush()
 
     @property
     def app(self) -> Any:
@@ -440,9 +453,7 @@ class MemoryConnection:
         """
         if self._app is not None:
             return self._app
-        # The protocol between the TLS layer and the application, mtlsd's
-        # gate, is a ProtocolWrapper: the application is its wrappedProtocol.
-        return getattr(self.serverTLS.wrappedProtocol, "wrappedProtocol", None)
+        return getattr(self._gate, "wrappedProtocol", None)
 
     def flush(self) -> None:
         """

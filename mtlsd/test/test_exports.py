@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 import mtlsd
 from mtlsd import _client, _context, _errors, _identity, _policy, _reload, _server
-from mtlsd.test.helpers import TestCA, clientContext, serverContext
+from mtlsd.testing import CertificateAuthority, clientContext, serverContext
 
 
 class ExportTests(SynchronousTestCase):
@@ -36,7 +36,7 @@ class InterfaceTests(SynchronousTestCase):
         """
         The connection creators and the endpoint provide their interfaces.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         server = serverContext(ca.server(), [ca.certificate])
         self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, server))
         self.assertTrue(
