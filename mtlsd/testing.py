@@ -14,8 +14,10 @@ in memory through real OpenSSL handshakes, as C{treq.testing} does for treq.
         clientContext(ca.issue("alice"), [ca.certificate]),
         Factory.forProtocol(YourProtocol),
     )
-    connection.flush()  # the handshake, then your protocol's first words
-    connection.client.received  # what YourProtocol wrote to alice
+    # The handshake has run: YourProtocol started, alice got its first words.
+    connection.client.received
+    connection.clientTLS.write(b"more")  # alice writes,
+    connection.flush()  # and YourProtocol has read it
 
 The server is mtlsd's own (L{mtlsd.mtlsServerFactory}): your protocol
 starts only for an admitted client, and L{mtlsd.peerIdentity} works on its
@@ -285,6 +287,9 @@ class RecordingProtocol(Protocol):
     """
 
     def __init__(self) -> None:
+        """
+        Nothing has happened yet.
+        """
         self.made = False
         self.handshook = False
         self.received = b""
@@ -322,13 +327,15 @@ _SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8082)
 class MemoryConnection:
     """
     A client connected to an mtlsd server in memory: both ends run real
-    OpenSSL over Twisted's L{twisted.test.iosim} transports, and nothing
-    moves until L{flush}.
+    OpenSSL over Twisted's L{twisted.test.iosim} transports.  Making one
+    runs the handshake (unless told not to greet); after that, bytes move
+    when you L{flush}.
 
     @ivar serverContext: the server's TLS context.
     @ivar clientContext: the client's TLS context.
     @ivar clock: the time of both sides; advancing it runs timeouts.
-    @ivar pump: the L{twisted.test.iosim.IOPump} moving bytes between the two ends.
+    @ivar pump: the L{twisted.test.iosim.IOPump} moving bytes between the
+        two ends.
     @ivar serverTLS: the server's TLS protocol, over the server's transport.
     @ivar clientTLS: the client's TLS protocol, over the client's transport:
         write to it and close it as the client would.
@@ -385,6 +392,7 @@ class MemoryConnection:
         self.clientContext = clientContext
         self.clock = Clock() if clock is None else clock
         self._app: RecordingProtocol | None = None
+        self._gate: object = None
         if appFactory is None:
             app = self._app = RecordingProtocol()
             appFactory = Factory.forProtocol(lambda: app)
