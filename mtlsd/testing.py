@@ -280,7 +280,8 @@ class RecordingProtocol(Protocol):
 
     @ivar made: whether C{connectionMade} ran (on the server: whether the
         client was admitted).
-    @ivar handshook: whether the TLS handshake completed.
+    @ivar handshook: whether the TLS handshake completed (as the client
+        is told: mtlsd starts a server's application after it).
     @ivar received: the bytes received so far.
     @ivar lost: the reason the connection was lost, or L{None} while it
         lasts.
