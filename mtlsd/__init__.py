@@ -18,14 +18,16 @@ from ._errors import ConfigurationError
 from ._identity import PeerIdentity, identityFromCertificate, peerIdentity
 from ._policy import AllowPolicy
 from ._reload import TrustReloader
-from ._server import mtlsServerFactory
+from ._server import ConnectionLimits, mtlsServerFactory
 from ._settings import ServerTLSSettings
+from ._verify import VerifyFailure
 
 __all__ = [
     "AllowPolicy",
     "ClientContext",
     "ClientTLSSettings",
     "ConfigurationError",
+    "ConnectionLimits",
     "MtlsClientEndpoint",
     "MtlsServer",
     "MtlsServerEndpoint",
@@ -36,6 +38,7 @@ __all__ = [
     "ServerRejectedClient",
     "ServerTLSSettings",
     "TrustReloader",
+    "VerifyFailure",
     "identityFromCertificate",
     "mtlsServerFactory",
     "peerIdentity",

@@ -51,6 +51,13 @@ class ExampleTests(SynchronousTestCase):
         """
         self.assertEqual(self.runExample("strings.py"), "hello, client\n")
 
+    def test_testing(self) -> None:
+        """
+        C{testing_example.py}: the tests of a protocol written with
+        L{mtlsd.testing}, in memory, pass.
+        """
+        self.runExample("testing_example.py")
+
     def curl(self, port: int, *args: str) -> subprocess.CompletedProcess[str]:
         assert CURL is not None
         return subprocess.run(

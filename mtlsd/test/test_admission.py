@@ -20,7 +20,8 @@ from mtlsd._metrics import Metrics
 from mtlsd._policy import AllowPolicy
 from mtlsd._settings import ServerTLSSettings
 from mtlsd._verify import VerifyFailure
-from mtlsd.test.helpers import Connection, TestCA, clientContext, hoursAgo
+from mtlsd.test.helpers import hoursAgo
+from mtlsd.testing import CertificateAuthority, MemoryConnection, clientContext
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -31,7 +32,7 @@ class AdmissionTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
         self.alice = self.ca.issue("alice")
 
@@ -109,7 +110,7 @@ class PendingAdmissionTests(SynchronousTestCase):
         self.metrics = Metrics()
         globalLogPublisher.addObserver(self.metrics)
         self.addCleanup(globalLogPublisher.removeObserver, self.metrics)
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.asked: list[tuple[Any, Deferred[Any]]] = []
 
         def check(certificate: Any, chain: Any) -> Deferred[Any]:
@@ -124,8 +125,8 @@ class PendingAdmissionTests(SynchronousTestCase):
         )
         self.alice = self.ca.issue("alice")
 
-    def connect(self) -> Connection:
-        c = Connection(self.context, clientContext(self.alice, [self.ca.certificate]))
+    def connect(self) -> MemoryConnection:
+        c = MemoryConnection(self.context, clientContext(self.alice, [self.ca.certificate]))
         c.flush()
         return c
 

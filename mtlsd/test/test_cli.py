@@ -19,7 +19,8 @@ from mtlsd._cli import main, parseHostPort
 from mtlsd._files import loadCertificates, loadCRLs
 from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM, keyPEM, makeCRL, newKey
-from mtlsd.test.helpers import TestCA, hoursAgo, selfSigned
+from mtlsd.test.helpers import hoursAgo
+from mtlsd.testing import CertificateAuthority, selfSigned
 
 FILES = "ca.crt ca.key client.crt client.key crl.pem server.crt server.key".split()
 
@@ -165,7 +166,7 @@ class CommandTests(SynchronousTestCase):
         nextUpdate (flagging one past it) and the serials it revokes, in the
         form it shows certificates' serials.
         """
-        ca = TestCA("Revoking CA")
+        ca = CertificateAuthority("Revoking CA")
         alice = ca.issue("alice").certificate
         start = hoursAgo(1).replace(microsecond=0)
         crl = makeCRL((ca.certificate, ca.key), [alice, 0x1234], days=10, lastUpdate=start)
@@ -210,7 +211,7 @@ class CommandTests(SynchronousTestCase):
         a PKCS#12 file and never shows its key; without the password, or
         with a wrong one, one line and exit 1.
         """
-        ca = TestCA("P12 CA")
+        ca = CertificateAuthority("P12 CA")
         alice = ca.issue("alice")
         data = pkcs12.serialize_key_and_certificates(
             b"alice",

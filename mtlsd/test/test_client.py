@@ -9,9 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
 from mtlsd._client import describeClientFailure
-from mtlsd.test.helpers import (
-    Connection,
-    TestCA,
+from mtlsd.testing import (
+    CertificateAuthority,
+    MemoryConnection,
     clientContext,
     selfSigned,
     serverContext,
@@ -24,18 +24,19 @@ class ClientTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.client = selfSigned("alice")
 
-    def connect(self, server, hostname="localhost", trusted=None) -> Connection:
-        c = Connection(
+    def connect(self, server, hostname="localhost", trusted=None) -> MemoryConnection:
+        c = MemoryConnection(
             serverContext(server, [self.client.certificate]),
             clientContext(self.client, trusted or [self.ca.certificate], hostname),
+            twistedClient=True,
         )
         c.flush()
         return c
 
-    def failure(self, c: Connection) -> Exception | None:
+    def failure(self, c: MemoryConnection) -> Exception | None:
         self.assertIsNotNone(c.client.lost)
         return describeClientFailure(
             c.client.lost,
@@ -92,7 +93,7 @@ class ClientTests(SynchronousTestCase):
         A server whose certificate does not chain to the client's CAs is
         refused with OpenSSL's reason.
         """
-        c = self.connect(TestCA("Other").server())
+        c = self.connect(CertificateAuthority("Other").server())
         self.assertFalse(c.app.made)
         error = self.failure(c)
         self.assertIsInstance(error, ServerNotTrusted)
@@ -114,9 +115,10 @@ class ClientTests(SynchronousTestCase):
         L{ServerRejectedClient}, not a clean close.
         """
         stranger = selfSigned("stranger")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.ca.server(), [self.client.certificate]),
             clientContext(stranger, [self.ca.certificate]),
+            twistedClient=True,
         )
         c.flush()
         self.assertTrue(c.client.handshook)
@@ -141,14 +143,13 @@ class GateTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.client = selfSigned("alice")
 
-    def connect(self, client, hostname: str = "localhost") -> Connection:
-        c = Connection(
+    def connect(self, client, hostname: str = "localhost") -> MemoryConnection:
+        c = MemoryConnection(
             serverContext(self.ca.server(), [self.client.certificate]),
             clientContext(client, [self.ca.certificate], hostname),
-            gated=True,
         )
         c.flush()
         return c
@@ -220,18 +221,18 @@ class PinnedServerTests(SynchronousTestCase):
         A pinned server certificate is trusted without its CA; another
         certificate of the same CA is not.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         client = selfSigned("alice")
         server, other = ca.server(), ca.server()
         for pinned, expectTrusted in [(server, True), (other, False)]:
-            c = Connection(
+            c = MemoryConnection(
                 serverContext(server, [client.certificate]),
                 clientContext(client, [pinned.certificate]),
             )
             c.flush()
             self.assertEqual(c.app.made, expectTrusted)
         recipe = selfSigned("localhost", usages=(), names=("localhost",))
-        c = Connection(
+        c = MemoryConnection(
             serverContext(recipe, [client.certificate]), clientContext(client, [recipe.certificate])
         )
         c.flush()
@@ -246,7 +247,7 @@ class MinimumVersionTests(SynchronousTestCase):
         import attrs
         from OpenSSL import SSL
 
-        ca = TestCA()
+        ca = CertificateAuthority()
         client = selfSigned("alice")
         for minimum, connects in [("1.2", True), ("1.3", False)]:
             server = serverContext(ca.server(), [client.certificate])
@@ -254,6 +255,6 @@ class MinimumVersionTests(SynchronousTestCase):
             settings = attrs.evolve(
                 clientContext(client, [ca.certificate]).settings, minimumTLSVersion=minimum
             )
-            c = Connection(server, settings.connectionCreator("localhost"))
+            c = MemoryConnection(server, settings.connectionCreator("localhost"))
             c.flush()
             self.assertEqual(c.app.made, connects, minimum)

@@ -26,7 +26,7 @@ from mtlsd import (
     _server,
     _settings,
 )
-from mtlsd.test.helpers import TestCA, clientContext, serverContext
+from mtlsd.testing import CertificateAuthority, clientContext, serverContext
 
 
 class ExportTests(SynchronousTestCase):
@@ -56,7 +56,7 @@ class InterfaceTests(SynchronousTestCase):
         """
         The connection creators and the endpoint provide their interfaces.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         server = serverContext(ca.server(), [ca.certificate])
         self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, server))
         self.assertTrue(

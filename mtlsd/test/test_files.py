@@ -15,7 +15,8 @@ from mtlsd._client import ClientTLSSettings
 from mtlsd._context import ServerContext
 from mtlsd._files import keyFileWarnings, loadCertificates, loadPrivateKey, readPassphrase
 from mtlsd._pki import certificatePEM, keyPEM, makeCertificate, newKey
-from mtlsd.test.helpers import TestCA, hoursAgo, selfSigned
+from mtlsd.test.helpers import hoursAgo
+from mtlsd.testing import CertificateAuthority, selfSigned
 
 
 class FilesTests(SynchronousTestCase):
@@ -147,7 +148,7 @@ class FilesTests(SynchronousTestCase):
         Without a key file the key is read from the certificate file, and
         further certificates there are the chain.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         server = ca.server()
         cert = self.write(
             "s.pem",
@@ -191,7 +192,7 @@ class _FileCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = self.mktemp()
         os.mkdir(self.dir)
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
         self.clients = self.write("clients.pem", certificatePEM(selfSigned("a").certificate))
 

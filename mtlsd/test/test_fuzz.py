@@ -33,7 +33,7 @@ from mtlsd._policy import AllowPolicy
 from mtlsd._proxyheader import v1Header, v2Header
 from mtlsd._tap import Options
 from mtlsd.test._devextra import missing
-from mtlsd.test.helpers import TestCA
+from mtlsd.testing import CertificateAuthority
 
 try:
     from hypothesis import HealthCheck, example, given, settings
@@ -59,7 +59,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-_CA = TestCA()
+_CA = CertificateAuthority()
 _PEM = certificatePEM(_CA.certificate)
 
 

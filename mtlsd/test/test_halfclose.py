@@ -6,14 +6,15 @@ half-closeable applications, on the server and on the client.
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
-from mtlsd.test.helpers import (
-    Connection,
-    Recorder,
-    TestCA,
+from mtlsd._tls import IWritesInBulk
+from mtlsd.testing import (
+    CertificateAuthority,
+    MemoryConnection,
+    RecordingProtocol,
     clientContext,
     selfSigned,
     serverContext,
@@ -41,7 +42,7 @@ class WordCount(Protocol):
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseRecorder(Recorder):
+class HalfCloseRecorder(RecordingProtocol):
     readClosed = False
 
     def readConnectionLost(self) -> None:
@@ -53,15 +54,14 @@ class HalfCloseRecorder(Recorder):
 
 class HalfCloseTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.alice = selfSigned("alice")
 
-    def connect(self, app: Protocol) -> Connection:
-        c = Connection(
+    def connect(self, app: Protocol) -> MemoryConnection:
+        c = MemoryConnection(
             serverContext(self.ca.server(), [self.alice.certificate]),
             clientContext(self.alice, [self.ca.certificate]),
-            app=app,
-            gated=True,
+            Factory.forProtocol(lambda: app),
         )
         c.flush()
         return c
@@ -89,12 +89,11 @@ class HalfCloseTests(SynchronousTestCase):
         half-closeable app) gets it.
         """
         server = HalfCloseRecorder()
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.ca.server(), [self.alice.certificate]),
             clientContext(self.alice, [self.ca.certificate]),
-            app=server,
-            gated=True,
-            clientProtocol=HalfCloseRecorder(),
+            Factory.forProtocol(lambda: server),
+            Factory.forProtocol(HalfCloseRecorder),
         )
         c.flush()
         server.transport.loseConnection()  # type: ignore[union-attr]
@@ -114,7 +113,7 @@ class HalfCloseTests(SynchronousTestCase):
         An application that is not half-closeable is closed at the peer's
         close_notify, as before.
         """
-        c = self.connect(Recorder())
+        c = self.connect(RecordingProtocol())
         c.clientTLS.write(b"bye")
         c.clientTLS.loseConnection()
         c.flush()
@@ -131,10 +130,13 @@ class WriteTests(SynchronousTestCase):
         application's waits for the next reactor turn, aggregated with the
         writes of this one (Twisted's buffering TLS transport).
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         for bulk in (False, True):
-            c = Connection(serverContext(ca.server(), [ca.certificate]),
-                           clientContext(ca.issue("alice"), [ca.certificate]), bulk=bulk)  # fmt: skip
+            app = Factory.forProtocol(RecordingProtocol)
+            if bulk:
+                directlyProvides(app, IWritesInBulk)
+            c = MemoryConnection(serverContext(ca.server(), [ca.certificate]),
+                                 clientContext(ca.issue("alice"), [ca.certificate]), app)  # fmt: skip
             c.flush()
             self.assertTrue(c.app.made)
             socket: Any = c.serverTLS.transport

@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import PeerIdentity, identityFromCertificate, peerIdentity
-from mtlsd.test.helpers import Connection, TestCA, clientContext, serverContext
+from mtlsd.testing import CertificateAuthority, MemoryConnection, clientContext, serverContext
 
 
 class IdentityTests(SynchronousTestCase):
@@ -18,7 +18,7 @@ class IdentityTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.client = self.ca.issue(
             "svc-a",
             names=("a.example", "10.0.0.1", "fd00::1"),
@@ -71,7 +71,7 @@ class IdentityTests(SynchronousTestCase):
         """
         Without a subjectAltName the name lists are empty.
         """
-        from mtlsd.test.helpers import selfSigned
+        from mtlsd.testing import selfSigned
 
         identity = identityFromCertificate(selfSigned("plain").certificate)
         self.assertEqual((identity.dnsNames, identity.uris, identity.emails), ((), (), ()))
@@ -82,7 +82,7 @@ class IdentityTests(SynchronousTestCase):
         An application protocol behind mtlsd reads the client's identity from
         its transport.
         """
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.ca.server(), [self.ca.certificate]),
             clientContext(self.client, [self.ca.certificate]),
         )

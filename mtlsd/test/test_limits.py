@@ -15,7 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._metrics import Metrics
 from mtlsd._server import ConnectionLimits
-from mtlsd.test.helpers import Connection, TestCA, clientContext, selfSigned, serverContext
+from mtlsd.testing import (
+    CertificateAuthority,
+    MemoryConnection,
+    clientContext,
+    selfSigned,
+    serverContext,
+)
 
 
 class LimitTests(SynchronousTestCase):
@@ -27,17 +33,18 @@ class LimitTests(SynchronousTestCase):
         self.metrics = Metrics()
         globalLogPublisher.addObserver(self.metrics)
         self.addCleanup(globalLogPublisher.removeObserver, self.metrics)
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.alice = selfSigned("alice")
         self.context = serverContext(self.ca.server(), [self.alice.certificate])
         self.clock = Clock()
 
-    def connect(self, limits: ConnectionLimits, client: Any = None) -> Connection:
-        c = Connection(
+    def connect(self, limits: ConnectionLimits, client: Any = None, **kw: Any) -> MemoryConnection:
+        c = MemoryConnection(
             self.context,
             clientContext(client or self.alice, [self.ca.certificate]),
             clock=self.clock,
             limits=limits,
+            **kw,
         )
         c.flush()
         return c
@@ -73,13 +80,11 @@ class LimitTests(SynchronousTestCase):
         Beyond C{maxPerAddress} connections from one IP address are refused;
         other addresses are not affected.
         """
-        from mtlsd.test import helpers
-
         limits = ConnectionLimits(maxPerAddress=1)
         self.assertTrue(self.connect(limits).app.made)
         self.assertFalse(self.connect(limits).app.made)
-        self.patch(helpers, "CLIENT_ADDRESS", IPv4Address("TCP", "198.51.100.9", 40002))
-        self.assertTrue(self.connect(limits).app.made)
+        other = IPv4Address("TCP", "198.51.100.9", 40002)
+        self.assertTrue(self.connect(limits, clientAddress=other).app.made)
         [refused] = self.mtlsdEvents("refused")
         self.assertEqual(refused["limit"], "max-connections-per-ip")
 
@@ -167,12 +172,15 @@ class QuietTests(SynchronousTestCase):
         from twisted.internet.testing import StringTransportWithDisconnection
 
         from mtlsd._server import mtlsServerFactory
-        from mtlsd.test.helpers import CLIENT_ADDRESS, Recorder
+        from mtlsd.test.helpers import CLIENT_ADDRESS
+        from mtlsd.testing import RecordingProtocol
 
-        ca = TestCA()
+        ca = CertificateAuthority()
         context = serverContext(ca.server(), [ca.certificate])
         for data in (b"", b"GET / HTTP/1.0\r\n\r\n"):
-            factory = mtlsServerFactory(context, Factory.forProtocol(Recorder), clock=Clock())
+            factory = mtlsServerFactory(
+                context, Factory.forProtocol(RecordingProtocol), clock=Clock()
+            )
             protocol = factory.buildProtocol(CLIENT_ADDRESS)
             transport = StringTransportWithDisconnection(peerAddress=CLIENT_ADDRESS)
             transport.protocol = protocol
@@ -191,8 +199,8 @@ class QuietTests(SynchronousTestCase):
         """
         With quiet rejections, a rejected handshake is logged at debug level.
         """
-        ca = TestCA()
-        c = Connection(
+        ca = CertificateAuthority()
+        c = MemoryConnection(
             serverContext(ca.server(), [ca.certificate]),
             clientContext(selfSigned("mallory"), [ca.certificate]),
             quietRejections=True,

@@ -44,7 +44,13 @@ from mtlsd._parser import DescriptionError
 from mtlsd._pki import CLIENT_AUTH, certificatePEM, keyPEM, makeCertificate, newKey
 from mtlsd._reasons import verifyErrorText
 from mtlsd._signals import SignalFanOut
-from mtlsd.test.helpers import Connection, Credentials, TestCA, clientContext, selfSigned
+from mtlsd.testing import (
+    CertificateAuthority,
+    Credentials,
+    MemoryConnection,
+    clientContext,
+    selfSigned,
+)
 
 
 def writeFiles(case: SynchronousTestCase) -> dict[str, str]:
@@ -53,7 +59,7 @@ def writeFiles(case: SynchronousTestCase) -> dict[str, str]:
     """
     directory = os.path.abspath(case.mktemp())
     os.mkdir(directory)
-    ca = TestCA()
+    ca = CertificateAuthority()
     server, alice, bob = ca.server(), selfSigned("alice"), selfSigned("bob")
     files = {
         "server.pem": certificatePEM(server.certificate) + keyPEM(server.key),
@@ -177,7 +183,7 @@ class ServerSettingsTests(SynchronousTestCase):
         C{verifyDepth=N} admits a chain of a leaf, N intermediates and the
         root, and refuses a longer one (default: 4, as the daemon).
         """
-        ca: TestCA = self.ca  # type: ignore[attr-defined]
+        ca: CertificateAuthority = self.ca  # type: ignore[attr-defined]
         issuer = (ca.certificate, ca.key)
         intermediates: list[Any] = []
         for name in ("intermediate 1", "intermediate 2"):
@@ -192,7 +198,7 @@ class ServerSettingsTests(SynchronousTestCase):
         for extra, admitted in [(":verifyDepth=1", False), (":verifyDepth=2", True), ("", True)]:
             events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
             endpoint = serverFromString(MemoryReactorClock(), f"mtls:8443:{base}{extra}")
-            c = Connection(endpoint._context, clientContext(deep, [ca.certificate]))
+            c = MemoryConnection(endpoint._context, clientContext(deep, [ca.certificate]))
             c.flush()
             self.assertEqual(c.app.made, admitted, extra)
             if not admitted:

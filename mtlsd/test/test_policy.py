@@ -7,9 +7,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from mtlsd import ConfigurationError
 from mtlsd._identity import identityFromCertificate
 from mtlsd._policy import AllowPolicy
-from mtlsd.test.helpers import TestCA, selfSigned
+from mtlsd.testing import CertificateAuthority, selfSigned
 
-ca = TestCA()
+ca = CertificateAuthority()
 WEB = identityFromCertificate(
     ca.issue(
         "web-1.prod",

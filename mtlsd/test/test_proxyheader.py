@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mtlsd._proxyheader import headerMaker, v1Header, v2Header
 from mtlsd.test._devextra import missing
-from mtlsd.test.helpers import Connection, TestCA, clientContext, serverContext
+from mtlsd.testing import CertificateAuthority, MemoryConnection, clientContext, serverContext
 
 _NO_PARSER: str | None = None
 try:
@@ -118,9 +118,9 @@ class HeaderMakerTests(SynchronousTestCase):
         the negotiated version and cipher, the certificate's CN and, with
         C{v2-full}, the certificate itself.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         client = ca.issue("alice")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(ca.server(), [ca.certificate]), clientContext(client, [ca.certificate])
         )
         c.flush()

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from mtlsd import ClientTLSSettings, MtlsServerEndpoint
 from mtlsd._proxyheader import headerMaker
 from mtlsd._relay import RelayFactory
-from mtlsd.test.helpers import Credentials, TestCA, selfSigned, serverContext
+from mtlsd.testing import CertificateAuthority, Credentials, selfSigned, serverContext
 
 MiB = 1024 * 1024
 
@@ -97,7 +97,7 @@ class RelayTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.alice = selfSigned("alice")
         self.inbound: list[Any] = []
         self.events = EventLoggingObserver.createWithCleanup(

@@ -25,12 +25,12 @@ from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._reload import TrustReloader
 from mtlsd._signals import SignalFanOut
-from mtlsd.test.helpers import (
-    Connection,
+from mtlsd.test.helpers import hoursAgo
+from mtlsd.testing import (
+    CertificateAuthority,
     Credentials,
-    TestCA,
+    MemoryConnection,
     clientContext,
-    hoursAgo,
     selfSigned,
 )
 
@@ -50,7 +50,7 @@ class _Case(SynchronousTestCase):
         self.patch(_signals, "sighup", SignalFanOut(signal.SIGHUP))
         self.dir = os.path.abspath(self.mktemp())
         os.mkdir(self.dir)
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
         self.alice, self.bob = selfSigned("alice"), selfSigned("bob")
         self.clock = Clock()
@@ -100,8 +100,10 @@ class _Case(SynchronousTestCase):
         self.addCleanup(self.reloader.stopService)
         return self.context
 
-    def connect(self, client: Credentials) -> Connection:
-        c = Connection(self.context, clientContext(client, [self.ca.certificate]), clock=self.clock)
+    def connect(self, client: Credentials) -> MemoryConnection:
+        c = MemoryConnection(
+            self.context, clientContext(client, [self.ca.certificate]), clock=self.clock
+        )
         c.flush()
         return c
 
@@ -132,7 +134,7 @@ class _Case(SynchronousTestCase):
     def mtlsdEvents(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("mtlsdEvent") == name]
 
-    def assertLive(self, c: Connection) -> None:
+    def assertLive(self, c: MemoryConnection) -> None:
         """
         The connection is up and carries data.
         """
@@ -290,7 +292,7 @@ class SighupFanOutTests(_Case):
         self.assertEqual((self.reloader.reloads, other.reloads), (1, 1))
         self.assertEqual(self.before, [signal.SIGHUP])
         self.assertTrue(self.connect(self.bob).app.made)
-        c = Connection(self.otherContext, clientContext(self.alice, [self.ca.certificate]))
+        c = MemoryConnection(self.otherContext, clientContext(self.alice, [self.ca.certificate]))
         c.flush()
         self.assertTrue(c.app.made)
 
@@ -353,7 +355,7 @@ class RaceTests(_Case):
         """
         self.write("clients.pem", self.trust(self.alice, self.bob))
         self.start()
-        c = Connection(
+        c = MemoryConnection(
             self.context,
             clientContext(self.bob, [self.ca.certificate]),
             clock=self.clock,
@@ -506,7 +508,7 @@ class CRLTests(_Case):
         not checked by default; with C{crlRequired} the CA's clients are
         rejected and a warning said so at load.
         """
-        other = TestCA("Other CA")
+        other = CertificateAuthority("Other CA")
         erin = other.issue("erin")
         self.write("clients.pem", self.trust(self.ca.certificate, other.certificate, self.alice))
         self.start()
@@ -683,7 +685,7 @@ class TLSVersionTests(_Case):
             self.options = {"minimumTLSVersion": minimum}
             client = clientContext(self.alice, [self.ca.certificate])
             client._context.set_max_proto_version(SSL.TLS1_2_VERSION)
-            c = Connection(ServerContext(self.load()), client)
+            c = MemoryConnection(ServerContext(self.load()), client)
             c.flush()
             self.assertEqual(c.app.made, admitted, minimum)
         [rejected] = self.mtlsdEvents("rejected")
@@ -722,10 +724,10 @@ class ResumptionTests(_Case):
             first one.
         """
         offering = clientContext(client, [self.ca.certificate])
-        first = Connection(self.context, offering, clock=self.clock)
+        first = MemoryConnection(self.context, offering, clock=self.clock)
         first.flush()
         self.assertTrue(first.app.made)
-        session = first.clientConnection.get_session()
+        session: Any = first.clientConnection.get_session()
         connect = offering.clientConnectionForTLS
 
         def resume(tlsProtocol: Any) -> Any:
@@ -747,10 +749,10 @@ class ResumptionTests(_Case):
         self.write("clients.pem", self.trust(self.alice, self.bob))
         self.start()
         offering = self.offerSessions(self.alice)
-        self.assertLive(Connection(self.context, offering, clock=self.clock))
+        self.assertLive(MemoryConnection(self.context, offering, clock=self.clock))
         self.write("clients.pem", self.trust(self.alice))
         self.clock.advance(2)
-        self.assertLive(Connection(self.context, offering, clock=self.clock))
+        self.assertLive(MemoryConnection(self.context, offering, clock=self.clock))
         self.assertEqual(self.resumed(), [False, True, False])
 
     def test_revokedCannotResume(self) -> None:
@@ -766,7 +768,7 @@ class ResumptionTests(_Case):
         offering = self.offerSessions(self.carol)
         self.writeCRL(self.carol)
         self.clock.advance(2)
-        again = Connection(self.context, offering, clock=self.clock)
+        again = MemoryConnection(self.context, offering, clock=self.clock)
         again.flush()
         self.assertFalse(again.app.made)
         self.assertEqual(
@@ -783,7 +785,7 @@ class ResumptionTests(_Case):
         self.start()
         offering = self.offerSessions(self.alice)
         self.clock.advance(self.alice.certificate.not_valid_after_utc.timestamp() + 1)
-        again = Connection(self.context, offering, clock=self.clock)
+        again = MemoryConnection(self.context, offering, clock=self.clock)
         again.flush()
         self.assertFalse(again.app.made)
         [rejected] = self.mtlsdEvents("rejected")
@@ -804,7 +806,7 @@ class ResumptionTests(_Case):
         crl = x509.load_pem_x509_crl(open(self.path("ca.crl"), "rb").read())
         assert crl.next_update_utc is not None
         self.clock.advance(crl.next_update_utc.timestamp() + 1)
-        again = Connection(self.context, offering, clock=self.clock)
+        again = MemoryConnection(self.context, offering, clock=self.clock)
         again.flush()
         self.assertFalse(again.app.made)
         [refused] = self.mtlsdEvents("rejected")
@@ -834,7 +836,7 @@ class ResumptionTests(_Case):
         frank, _ = self.intermediateClient()
         self.write("clients.pem", self.trust(self.ca.certificate))
         self.start()
-        resumed = Connection(self.context, self.offerSessions(frank), clock=self.clock)
+        resumed = MemoryConnection(self.context, self.offerSessions(frank), clock=self.clock)
         resumed.flush()
         self.write("clients.pem", self.trust(self.ca.certificate, self.bob))
         self.clock.advance(2)

@@ -9,6 +9,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL.SSL import X509VerificationCodes as Codes
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -16,6 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.wire import Echo
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
@@ -25,14 +27,13 @@ from mtlsd._policy import AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd._settings import ServerTLSSettings, isIssuingCA
-from mtlsd.test.helpers import (
-    CLIENT_ADDRESS,
-    Connection,
+from mtlsd.test.helpers import CLIENT_ADDRESS, hoursAgo
+from mtlsd.testing import (
+    CertificateAuthority,
     Credentials,
-    Recorder,
-    TestCA,
+    MemoryConnection,
+    RecordingProtocol,
     clientContext,
-    hoursAgo,
     selfSigned,
     serverContext,
 )
@@ -56,7 +57,7 @@ class AcceptTests(_LoggingTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
 
     def test_certificateNotKept(self) -> None:
@@ -71,16 +72,17 @@ class AcceptTests(_LoggingTestCase):
         )
         leafKey = newKey()
         leaf = makeCertificate("frank", leafKey, (intermediate, intermediateKey))
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [self.ca.certificate]),
             clientContext(Credentials(leaf, leafKey, [intermediate]), [self.ca.certificate]),
         )
         c.flush()
         self.assertTrue(c.app.made)
-        kept = [v for v in vars(c.gate).values() if isinstance(v, (x509.Certificate, tuple))]
+        gate: Any = c.serverTLS.wrappedProtocol
+        kept = [v for v in vars(gate).values() if isinstance(v, (x509.Certificate, tuple))]
         self.assertEqual(kept, [])
-        self.assertEqual(c.gate.peer(), (leaf, (intermediate,)))
-        self.assertEqual(c.gate.peerNotAfter, leaf.not_valid_after_utc)
+        self.assertEqual(gate.peer(), (leaf, (intermediate,)))
+        self.assertEqual(gate.peerNotAfter, leaf.not_valid_after_utc)
 
     def test_trustedSelfSignedClient(self) -> None:
         """
@@ -88,7 +90,7 @@ class AcceptTests(_LoggingTestCase):
         application sees its bytes, and one C{accepted} event names it.
         """
         client = selfSigned("alice")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [client.certificate]),
             clientContext(client, [self.ca.certificate]),
         )
@@ -108,7 +110,7 @@ class AcceptTests(_LoggingTestCase):
         A client certificate issued by a CA in the bundle is accepted.
         """
         client = self.ca.issue("bob")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [self.ca.certificate]),
             clientContext(client, [self.ca.certificate]),
         )
@@ -124,10 +126,10 @@ class AcceptTests(_LoggingTestCase):
         pinned = self.ca.issue("pinned")
         other = self.ca.issue("other")
         context = serverContext(self.server, [pinned.certificate])
-        ok = Connection(context, clientContext(pinned, [self.ca.certificate]))
+        ok = MemoryConnection(context, clientContext(pinned, [self.ca.certificate]))
         ok.flush()
         self.assertTrue(ok.app.made)
-        bad = Connection(context, clientContext(other, [self.ca.certificate]))
+        bad = MemoryConnection(context, clientContext(other, [self.ca.certificate]))
         bad.flush()
         self.assertFalse(bad.app.made)
         [rejected] = self.mtlsdEvents("rejected")
@@ -140,7 +142,7 @@ class AcceptTests(_LoggingTestCase):
         acceptable client CA names (Twisted alone sends none).
         """
         alice = selfSigned("alice")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [self.ca.certificate, alice.certificate]),
             clientContext(alice, [self.ca.certificate]),
         )
@@ -166,9 +168,11 @@ class AcceptTests(_LoggingTestCase):
                 return connection
 
             offering.clientConnectionForTLS = offer  # type: ignore[method-assign]
-            c = Connection(
-                serverContext(self.server, [client.certificate]), offering, appFactory=acceptable
-            )
+            app = Factory.forProtocol(RecordingProtocol)
+            if acceptable:
+                app.acceptableProtocols = lambda a=acceptable: a  # type: ignore[attr-defined]
+                directlyProvides(app, IProtocolNegotiationFactory)
+            c = MemoryConnection(serverContext(self.server, [client.certificate]), offering, app)
             c.flush()
             self.assertTrue(c.app.made, acceptable)
             self.assertEqual(c.clientConnection.get_alpn_proto_negotiated() or None, chosen)
@@ -181,7 +185,7 @@ class AcceptTests(_LoggingTestCase):
         alice, bob = selfSigned("alice"), selfSigned("bob")
         context = serverContext(self.server, [alice.certificate, bob.certificate])
         for client in (alice, bob):
-            Connection(context, clientContext(client, [self.ca.certificate])).flush()
+            MemoryConnection(context, clientContext(client, [self.ca.certificate])).flush()
         accepted = self.mtlsdEvents("accepted")
         self.assertEqual([e["commonName"] for e in accepted], ["alice", "bob"])
         self.assertNotEqual(accepted[0]["fingerprint"], accepted[1]["fingerprint"])
@@ -192,10 +196,10 @@ class AcceptTests(_LoggingTestCase):
         C{closed} event gives the bytes in and out.
         """
         client = selfSigned("alice")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [client.certificate]),
             clientContext(client, [self.ca.certificate]),
-            app=Echo(),
+            Factory.forProtocol(Echo),
         )
         c.flush()
         c.clientTLS.write(b"hello\n")
@@ -220,10 +224,10 @@ class AcceptTests(_LoggingTestCase):
         close_notify (Twisted's buffering TLS transport dropped it).
         """
         client = selfSigned("alice")
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [client.certificate]),
             clientContext(client, [self.ca.certificate]),
-            app=Echo(),
+            Factory.forProtocol(Echo),
         )
         c.flush()
         payload = b"x" * 9000
@@ -248,15 +252,16 @@ class RejectTests(_LoggingTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
         self.trusted = selfSigned("trusted")
-        self.built: list[Recorder] = []
+        self.built: list[RecordingProtocol] = []
 
-    def assertRejected(self, client, reason: str, trusted=None, **kw: Any) -> Connection:
-        c = Connection(
+    def assertRejected(self, client, reason: str, trusted=None, **kw: Any) -> MemoryConnection:
+        c = MemoryConnection(
             serverContext(self.server, trusted or [self.trusted.certificate], **kw),
             clientContext(client, [self.ca.certificate]),
+            twistedClient=True,
         )
         c.flush()
         self.assertFalse(c.app.made)
@@ -299,7 +304,7 @@ class RejectTests(_LoggingTestCase):
         A certificate from a CA that is not trusted.
         """
         self.assertRejected(
-            TestCA("Other CA").issue("eve"), "unable to get local issuer certificate"
+            CertificateAuthority("Other CA").issue("eve"), "unable to get local issuer certificate"
         )
 
     def test_clientRefusesServer(self) -> None:
@@ -307,9 +312,9 @@ class RejectTests(_LoggingTestCase):
         A client that does not trust the server's certificate sends an
         alert; the server logs it as the reason.
         """
-        c = Connection(
+        c = MemoryConnection(
             serverContext(self.server, [self.trusted.certificate]),
-            clientContext(self.trusted, [TestCA("Other").certificate]),
+            clientContext(self.trusted, [CertificateAuthority("Other").certificate]),
         )
         c.flush()
         [rejected] = self.mtlsdEvents("rejected")
@@ -347,7 +352,7 @@ class RejectTests(_LoggingTestCase):
         chain within the depth is accepted.
         """
         from mtlsd._pki import makeCertificate, newKey
-        from mtlsd.test.helpers import Credentials
+        from mtlsd.testing import Credentials
 
         issuer = (self.ca.certificate, self.ca.key)
         intermediates: list[x509.Certificate] = []
@@ -365,7 +370,7 @@ class RejectTests(_LoggingTestCase):
             trusted=[self.ca.certificate],
             verifyDepth=1,
         )
-        accepted = Connection(
+        accepted = MemoryConnection(
             serverContext(self.server, [self.ca.certificate], verifyDepth=2),
             clientContext(deep, [self.ca.certificate]),
         )
@@ -382,7 +387,7 @@ class RejectTests(_LoggingTestCase):
         from cryptography.x509.oid import ExtensionOID, NameOID
 
         from mtlsd._pki import newKey
-        from mtlsd.test.helpers import Credentials
+        from mtlsd.testing import Credentials
 
         key = newKey()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd")])
@@ -422,8 +427,8 @@ class RejectTests(_LoggingTestCase):
             trusted=[serverOnly.certificate],
         )
 
-    def buildRecorder(self) -> Recorder:
-        self.built.append(Recorder())
+    def buildRecorder(self) -> RecordingProtocol:
+        self.built.append(RecordingProtocol())
         return self.built[-1]
 
     def connectRaw(self, clock: Clock | None = None):
@@ -551,16 +556,15 @@ class IssuerTests(_LoggingTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.ca = TestCA()
+        self.ca = CertificateAuthority()
         self.server = self.ca.server()
         self.client1 = recipeCertificate("client1")
         self.mallory = recipeCertificate("mallory", issuer=self.client1)
 
-    def connect(self, client, trusted, **kw: Any) -> Connection:
-        c = Connection(
+    def connect(self, client, trusted, **kw: Any) -> MemoryConnection:
+        c = MemoryConnection(
             serverContext(self.server, trusted, **kw),
             clientContext(client, [self.ca.certificate]),
-            gated=True,
         )
         c.flush()
         return c
@@ -636,12 +640,11 @@ class PolicyInHandshakeTests(_LoggingTestCase):
         names it with what allow-list entries match, SPKI included, and the
         text line says so.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         carol = ca.issue("carol", uris=["spiffe://example.org/carol"])
-        c = Connection(
+        c = MemoryConnection(
             serverContext(ca.server(), [ca.certificate], policy=AllowPolicy(commonNames=["alice"])),
             clientContext(carol, [ca.certificate]),
-            gated=True,
         )
         c.flush()
         self.assertFalse(c.app.made)
@@ -662,8 +665,8 @@ class PolicyInHandshakeTests(_LoggingTestCase):
         """
         A certificate error's text line gives the depth and subject.
         """
-        ca = TestCA()
-        c = Connection(
+        ca = CertificateAuthority()
+        c = MemoryConnection(
             serverContext(ca.server(), [ca.certificate]),
             clientContext(selfSigned("eve"), [ca.certificate]),
         )
@@ -698,12 +701,12 @@ class AcceptedTextTests(_LoggingTestCase):
         The C{accepted} line adds the client's URI SANs (SPIFFE IDs), when it
         has any.
         """
-        ca = TestCA()
+        ca = CertificateAuthority()
         workload = ca.issue("w", uris=["spiffe://example.org/a", "spiffe://example.org/b"])
-        Connection(
+        MemoryConnection(
             serverContext(ca.server(), [ca.certificate]), clientContext(workload, [ca.certificate])
         ).flush()
-        Connection(
+        MemoryConnection(
             serverContext(ca.server(), [ca.certificate]),
             clientContext(ca.issue("plain"), [ca.certificate]),
         ).flush()

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._pki import certificatePEM, keyPEM
 from mtlsd._tap import Options, makeService
-from mtlsd.test.helpers import hoursAgo, selfSigned
+from mtlsd.test.helpers import hoursAgo
+from mtlsd.testing import selfSigned
 
 
 def parse(*argv: str) -> Options:
