@@ -17,12 +17,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
+from ._address import formatAddress
 from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
 from ._files import loadCertificateAndKey, loadCRLs, parseCertificates, readFile
 from ._inspect import describeCertificate, describeCRL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
-from ._server import formatAddress
 
 # The exit status of a command whose standard output was closed under it:
 # what a shell reports for one killed by SIGPIPE, as cat is.

@@ -41,6 +41,7 @@ from zope.interface import classImplements, implementer
 
 from ._errors import ConfigurationError
 from ._files import Path, loadCertificateAndKey, loadCertificates
+from ._halfclose import HalfCloseForwarding
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
 from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, validTLSVersion
@@ -228,7 +229,7 @@ class ClientContext:
         return self._recorder.failure(connection)
 
 
-class _ClientGate(ProtocolWrapper):
+class _ClientGate(HalfCloseForwarding, ProtocolWrapper):
     """
     Passes everything through to the application protocol, except that the
     reason a failed connection is lost becomes L{ServerNotTrusted} or
@@ -244,22 +245,12 @@ class _ClientGate(ProtocolWrapper):
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
-    def readConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
-
     def dataReceived(self, data: bytes) -> None:
         self.received = True
         ProtocolWrapper.dataReceived(self, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        connection = self.transport.getHandle()  # type: ignore[union-attr]
+        connection = self.transport.getHandle()
         error = describeClientFailure(
             reason,
             self.factory.context,
@@ -281,6 +272,21 @@ class _ClientGateFactory(WrappingFactory):
         self.context = context
 
 
+def mtlsClientFactory(
+    context: ClientContext, protocolFactory: IProtocolFactory, clock: IReactorTime | None = None
+) -> TLSFactory:
+    """
+    Wrap an application factory for connecting with mutual TLS over any
+    plain stream endpoint: its protocols' C{connectionLost} get
+    L{ServerNotTrusted} or L{ServerRejectedClient} when the connection fails
+    for those reasons.
+
+    @param clock: the time source (default: the global reactor).
+    """
+    gates = _ClientGateFactory(context, protocolFactory)
+    return TLSFactory(context, True, gates, clock=clock, application=protocolFactory)
+
+
 @implementer(IStreamClientEndpoint)
 class MtlsClientEndpoint:
     """
@@ -299,9 +305,7 @@ class MtlsClientEndpoint:
         """
         Connect, and fire with the application protocol.
         """
-        gates = _ClientGateFactory(self._context, protocolFactory)
-        tls = TLSFactory(self._context, True, gates, application=protocolFactory)
-        connecting = self._endpoint.connect(tls)
+        connecting = self._endpoint.connect(mtlsClientFactory(self._context, protocolFactory))
         return connecting.addCallback(
             lambda tls: (
                 cast(_ClientGate, cast(ProtocolWrapper, tls).wrappedProtocol).wrappedProtocol

@@ -16,6 +16,7 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._halfclose import closeWriting
 from ._identity import peerIdentity
 
 
@@ -101,11 +102,8 @@ class _TLSSide(Protocol):
             self._closeWrite()
 
     def _closeWrite(self) -> None:
-        # Twisted's TLS transport sends close_notify only once no producer is
-        # registered, and then still delivers what the server sends until
-        # the server's own close_notify.
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        assert self.transport is not None
+        closeWriting(self.transport)
 
     def outputClosed(self) -> None:
         """

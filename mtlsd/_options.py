@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.endpoints import (  # _parse: Twisted's own reading of descriptions
@@ -25,7 +26,7 @@ from ._config import configArguments, mergeArguments, repeatableOptions
 from ._errors import ConfigurationError
 from ._logging import FORMATS, jsonLinesObserver
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
-from ._policy import AllowPolicy
+from ._policy import ALLOW_KINDS, AllowKind, AllowPolicy
 from ._proxyheader import VERSIONS as PROXY_VERSIONS
 from ._reload import DEFAULT_RELOAD_INTERVAL
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT
@@ -292,63 +293,13 @@ class Options(usage.Options):
         """
         self["crl"].append(path)
 
-    def opt_allow_cn(self, pattern: str) -> None:
-        """
-        Admit clients whose CN matches (glob: * one label, ** any; repeatable).
-        """
-        self["allow-cn"].append(pattern)
-
-    def opt_allow_dns(self, pattern: str) -> None:
-        """
-        Admit clients with a matching DNS name SAN (glob; repeatable).
-        """
-        self["allow-dns"].append(pattern)
-
-    def opt_allow_uri(self, pattern: str) -> None:
-        """
-        Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).
-        """
-        self["allow-uri"].append(pattern)
-
-    def opt_allow_ip(self, network: str) -> None:
-        """
-        Admit clients with an IP SAN in this address or network (repeatable).
-        """
-        self["allow-ip"].append(network)
-
-    def opt_allow_ou(self, unit: str) -> None:
-        """
-        Admit clients with this organizational unit (repeatable).
-        """
-        self["allow-ou"].append(unit)
-
-    def opt_allow_fingerprint(self, digest: str) -> None:
-        """
-        Admit the certificate with this SHA-256 fingerprint (repeatable).
-        """
-        self["allow-fingerprint"].append(digest)
-
-    def opt_allow_spki(self, digest: str) -> None:
-        """
-        Admit certificates whose public key has this SHA-256 (repeatable).
-        """
-        self["allow-spki"].append(digest)
-
     def policy(self) -> AllowPolicy:
         """
         The allow-list the C{--allow-*} options describe.
 
         @raise ConfigurationError: for a malformed entry.
         """
-        return AllowPolicy(
-            commonNames=self["allow-cn"],
-            dnsNames=self["allow-dns"],
-            uris=self["allow-uri"],
-            ipAddresses=self["allow-ip"],
-            organizationalUnits=self["allow-ou"],
-            fingerprints=self["allow-fingerprint"],
-            spkiFingerprints=self["allow-spki"],
-        )
+        return AllowPolicy(**{kind.attribute: self[kind.option] for kind in ALLOW_KINDS})
 
     def postOptions(self) -> None:
         if self["app"] and self["forward"]:
@@ -436,14 +387,24 @@ _REPEATABLE = (
     "client-ca",
     "listen",
     "crl",
-    "allow-cn",
-    "allow-dns",
-    "allow-uri",
-    "allow-ip",
-    "allow-ou",
-    "allow-fingerprint",
-    "allow-spki",
+    *(kind.option for kind in ALLOW_KINDS),
 )
+
+
+def _appender(kind: AllowKind) -> Callable[[Options, str], None]:
+    """
+    The C{opt_} method of a repeatable allow-list option.
+    """
+
+    def append(self: Options, entry: str) -> None:
+        self[kind.option].append(entry)
+
+    append.__doc__ = kind.help
+    return append
+
+
+for _kind in ALLOW_KINDS:  # the --allow-* options
+    setattr(Options, "opt_" + _kind.option.replace("-", "_"), _appender(_kind))
 
 
 def _checkBackend(description: str) -> None:

@@ -28,13 +28,6 @@ _SERVER_KEYS = {
     "crl",
     "crlCheckChain",
     "crlRequired",
-    "allowCN",
-    "allowDNS",
-    "allowURI",
-    "allowIP",
-    "allowOU",
-    "allowFingerprint",
-    "allowSPKI",
     "verifyDepth",
     "tlsMinVersion",
     "handshakeTimeout",
@@ -181,12 +174,12 @@ class MtlsServerParser:
         from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 
         from ._build import MtlsServer, ServerConfiguration
-        from ._policy import AllowPolicy
+        from ._policy import ALLOW_KINDS, AllowPolicy
         from ._reload import DEFAULT_RELOAD_INTERVAL
         from ._server import DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT
         from ._settings import DEFAULT_VERIFY_DEPTH
 
-        _check("server", kwargs, _SERVER_KEYS, ("certKey",))
+        _check("server", kwargs, _SERVER_KEYS | {kind.key for kind in ALLOW_KINDS}, ("certKey",))
         if "clientCerts" not in kwargs and "clientCA" not in kwargs:
             raise DescriptionError("mtls: server endpoint: clientCerts= is required (or clientCA=)")
         # Every value is checked before any file is read: a mistake is named
@@ -201,13 +194,7 @@ class MtlsServerParser:
             crlCheckChain=_flag(kwargs, "crlCheckChain"),
             crlRequired=_flag(kwargs, "crlRequired"),
             policy=AllowPolicy(
-                commonNames=_list(kwargs.get("allowCN")),
-                dnsNames=_list(kwargs.get("allowDNS")),
-                uris=_list(kwargs.get("allowURI")),
-                ipAddresses=_list(kwargs.get("allowIP")),
-                organizationalUnits=_list(kwargs.get("allowOU")),
-                fingerprints=_list(kwargs.get("allowFingerprint")),
-                spkiFingerprints=_list(kwargs.get("allowSPKI")),
+                **{kind.attribute: _list(kwargs.get(kind.key)) for kind in ALLOW_KINDS}
             ),
             verifyDepth=_whole(
                 "verifyDepth", kwargs.get("verifyDepth", str(DEFAULT_VERIFY_DEPTH)), 1

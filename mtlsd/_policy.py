@@ -139,3 +139,68 @@ class AllowPolicy:
             or identity.fingerprint in self.fingerprints
             or identity.spkiFingerprint in self.spkiFingerprints
         )
+
+
+@frozen
+class AllowKind:
+    """
+    One kind of allow-list entry, as the daemon's options and the C{mtls:}
+    strings name it: adding a kind is adding its L{AllowPolicy} field, its
+    match in L{AllowPolicy.allows} and a row of L{ALLOW_KINDS}.
+
+    @ivar attribute: its field of L{AllowPolicy}.
+    @ivar option: the daemon's (repeatable) option, e.g. C{allow-cn}.
+    @ivar key: the C{mtls:} string's key (comma-separated), e.g. C{allowCN}.
+    @ivar help: the option's help.
+    """
+
+    attribute: str
+    option: str
+    key: str
+    help: str
+
+
+ALLOW_KINDS = (
+    AllowKind(
+        "commonNames",
+        "allow-cn",
+        "allowCN",
+        "Admit clients whose CN matches (glob: * one label, ** any; repeatable).",
+    ),
+    AllowKind(
+        "dnsNames",
+        "allow-dns",
+        "allowDNS",
+        "Admit clients with a matching DNS name SAN (glob; repeatable).",
+    ),
+    AllowKind(
+        "uris",
+        "allow-uri",
+        "allowURI",
+        "Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).",
+    ),
+    AllowKind(
+        "ipAddresses",
+        "allow-ip",
+        "allowIP",
+        "Admit clients with an IP SAN in this address or network (repeatable).",
+    ),
+    AllowKind(
+        "organizationalUnits",
+        "allow-ou",
+        "allowOU",
+        "Admit clients with this organizational unit (repeatable).",
+    ),
+    AllowKind(
+        "fingerprints",
+        "allow-fingerprint",
+        "allowFingerprint",
+        "Admit the certificate with this SHA-256 fingerprint (repeatable).",
+    ),
+    AllowKind(
+        "spkiFingerprints",
+        "allow-spki",
+        "allowSPKI",
+        "Admit certificates whose public key has this SHA-256 (repeatable).",
+    ),
+)

@@ -18,7 +18,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IProtocol,
-    ISSLTransport,
     IStreamClientEndpoint,
     ITransport,
 )
@@ -27,8 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
+from ._address import formatAddress, noDelay
 from ._events import emit
-from ._server import formatAddress, noDelay
+from ._halfclose import closeWriting
 from ._tls import IWritesInBulk
 
 log = Logger(namespace="mtlsd")
@@ -38,21 +38,6 @@ Preamble = Callable[[ITransport], bytes]
 Bytes to send to the outbound side before anything else (a PROXY protocol
 header), made from the inbound transport.
 """
-
-
-def _halfClose(transport: ITransport) -> None:
-    """
-    Close the writing direction of C{transport}, keep reading.
-    """
-    transport.unregisterProducer()  # type: ignore[attr-defined]
-    if ISSLTransport.providedBy(transport):
-        # mtlsd's TLS transport: loseConnection sends close_notify and goes
-        # on reading until the peer's.
-        transport.loseConnection()
-    elif hasattr(transport, "loseWriteConnection"):
-        transport.loseWriteConnection()
-    else:
-        transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -74,7 +59,7 @@ class _Side(Protocol):
         self.readClosed = True
         if self.other is not None and not self.other.closed:
             assert self.other.transport is not None
-            _halfClose(self.other.transport)
+            closeWriting(self.other.transport)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -151,7 +136,7 @@ class _Inbound(_Side):
         self._early = []
         self.transport.registerProducer(outbound.transport, True)  # type: ignore[attr-defined]
         if self.readClosed:
-            _halfClose(outbound.transport)
+            closeWriting(outbound.transport)
             return
         outbound.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
         self.transport.resumeProducing()  # type: ignore[attr-defined]

@@ -8,8 +8,6 @@ verified, and logs every connection's fate.
 from __future__ import annotations
 
 import datetime
-import socket
-import struct
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -29,7 +27,6 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IProtocolNegotiationFactory,
     IReactorTime,
-    ITransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
@@ -41,9 +38,11 @@ from twisted.protocols.tls import (
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from ._address import formatAddress, noDelay, unixClient
 from ._admission import Verdict
 from ._context import ServerContext
 from ._events import emit
+from ._halfclose import HalfCloseForwarding
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
@@ -59,54 +58,6 @@ DEFAULT_BACKLOG = 1024
 _CERT_HAS_EXPIRED = SSL.X509VerificationCodes.ERR_CERT_HAS_EXPIRED
 
 log = Logger(namespace="mtlsd")
-
-
-def formatAddress(address: IAddress) -> str:
-    """
-    @return: C{host:port} (C{[host]:port} for IPv6) for an IP address, the
-        path for a UNIX address, else the address's C{repr}.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        if host.startswith("::ffff:") and "." in host:
-            host = host[len("::ffff:") :]  # an IPv4 client of a dual-stack socket
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return repr(address)
-
-
-def unixClient(transport: ITransport) -> str:
-    """
-    A client of a UNIX socket, which has no address of its own, as the logs
-    give it: C{unix:PATH} of the socket it connected to, and the client's
-    process and user where the kernel tells them (C{SO_PEERCRED}), e.g.
-    C{unix:/run/mtlsd.sock pid=1234 uid=1000}.
-    """
-    described = f"unix:{formatAddress(transport.getHost())}"
-    handle = getattr(transport, "getHandle", lambda: None)()
-    credentials = getattr(socket, "SO_PEERCRED", None)
-    if isinstance(handle, socket.socket) and credentials is not None:
-        try:
-            pid, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, credentials, 12))
-        except OSError:
-            return described
-        described += f" pid={pid} uid={uid}"
-    return described
-
-
-def noDelay(transport: object) -> None:
-    """
-    Turn off Nagle's algorithm on the TCP connection under C{transport}
-    (through TLS and PROXY wrappers, which pass the call on), as proxies do:
-    small writes, such as a relayed answer, then leave at once instead of
-    waiting up to 40 ms for the peer's delayed acknowledgement.
-    """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        setTcpNoDelay(True)
 
 
 @frozen
@@ -204,7 +155,7 @@ class ConnectionLimits:
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
-class _GateProtocol(ProtocolWrapper):
+class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     """
     Sits between the TLS layer and the application protocol.  The
     application protocol is built and connected only when the handshake has
@@ -447,20 +398,6 @@ class _GateProtocol(ProtocolWrapper):
             reason=reason,
         )
         self._tls.abortConnection()
-
-    def readConnectionLost(self) -> None:
-        """
-        The client sent close_notify: tell a half-closeable application, which
-        may go on writing; close any other.
-        """
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self._tls.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
 
     def dataReceived(self, data: bytes) -> None:
         self._resetIdle()

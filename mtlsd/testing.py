@@ -45,12 +45,11 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from zope.interface import implementer
 
-from ._client import ClientContext, ClientTLSSettings, _ClientGateFactory
+from ._client import ClientContext, ClientTLSSettings, mtlsClientFactory
 from ._context import ServerContext
 from ._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM, makeCertificate, newKey
 from ._server import ConnectionLimits, mtlsServerFactory
 from ._settings import ServerTLSSettings
-from ._tls import TLSFactory
 
 __all__ = [
     "CertificateAuthority",
@@ -413,13 +412,7 @@ class MemoryConnection:
                 clientContext, True, clientFactory, clock=self.clock
             )
         else:  # as MtlsClientEndpoint.connect
-            clientTLSFactory = TLSFactory(
-                clientContext,
-                True,
-                _ClientGateFactory(clientContext, clientFactory),
-                clock=self.clock,
-                application=clientFactory,
-            )
+            clientTLSFactory = mtlsClientFactory(clientContext, clientFactory, self.clock)
 
         # The protocols are read as they are built: a ProtocolWrapper
         # forgets the protocol it wraps when the connection is lost.
