@@ -7,6 +7,7 @@ our own certificate, and explain every failure in one sentence.
 from __future__ import annotations
 
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import idna
 from attrs import field, frozen
@@ -42,6 +43,7 @@ from zope.interface import classImplements, implementer
 from ._context import TLS_VERSIONS, VerifyFailure, VerifyRecorder, _tlsVersion
 from ._errors import ConfigurationError
 from ._files import Path, loadCertificateAndKey, loadCertificates
+from ._openssl import setVerify
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
 
@@ -160,6 +162,12 @@ class ClientContext:
     handshake on any error: Twisted's own client (L{optionsForClientTLS})
     accepts a server certificate that has no subjectAltName at all, logging
     the error and letting the handshake go on.
+
+    A name that does not match fails the chain with OpenSSL's own error for
+    it, so that OpenSSL sends the server a fatal C{bad_certificate} alert,
+    as OpenSSL's clients do, and the server can log why.  (Twisted's
+    C{failVerification} aborts without an alert: the server saw only a
+    connection closed before the handshake.)
     """
 
     def __init__(self, settings: ClientTLSSettings, hostname: str) -> None:
@@ -171,10 +179,17 @@ class ClientContext:
         """
         self.settings = settings
         self.hostname = hostname
-        self._serverName = (
-            None if isIPAddress(hostname) or isIPv6Address(hostname) else idna.encode(hostname)
+        isIP = isIPAddress(hostname) or isIPv6Address(hostname)
+        self._serverName = None if isIP else idna.encode(hostname)
+        # The verification error for a name that does not match; OpenSSL
+        # answers either with a bad_certificate alert.
+        self._mismatch = int(
+            SSL.X509VerificationCodes.ERR_IP_ADDRESS_MISMATCH
+            if isIP
+            else SSL.X509VerificationCodes.ERR_HOSTNAME_MISMATCH
         )
         self._recorder = VerifyRecorder()
+        self._nameErrors: WeakKeyDictionary[SSL.Connection, ServerNotTrusted] = WeakKeyDictionary()
         credentials: dict[str, Any] = {}
         if settings.certificate is not None:
             credentials = {
@@ -193,11 +208,11 @@ class ClientContext:
         store = self._context.get_cert_store()
         assert store is not None
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        self._context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        setVerify(self._context, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
 
     def _verify(
         self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-    ) -> bool:
+    ) -> bool | int:
         if not self._recorder.record(connection, cert, errno, depth, ok):
             return False
         if depth != 0:
@@ -206,10 +221,8 @@ class ClientContext:
             certificate = cert.to_cryptography()
             _checkName(certificate, self.hostname)
         except Exception as e:
-            # Twisted set the TLS protocol as app data; failing its
-            # verification hands this reason to the application.
-            connection.get_app_data().failVerification(Failure(_nameError(e, self.hostname)))
-            return False
+            self._nameErrors.setdefault(connection, _nameError(e, self.hostname))
+            return self._mismatch
         return True
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
@@ -226,6 +239,13 @@ class ClientContext:
         @return: why the server's chain failed verification on C{connection}.
         """
         return self._recorder.failure(connection)
+
+    def nameError(self, connection: SSL.Connection) -> ServerNotTrusted | None:
+        """
+        @return: why the server's certificate does not match the name asked
+            for on C{connection}, if it does not.
+        """
+        return self._nameErrors.get(connection)
 
 
 class _ClientGate(ProtocolWrapper):
@@ -348,6 +368,10 @@ def describeClientFailure(
         return None
     if isinstance(error, ServerNotTrusted):
         return error
+    if connection is not None:
+        nameError = context.nameError(connection)
+        if nameError is not None:
+            return nameError
     failure = context.verifyFailure(connection) if connection is not None else None
     if failure is not None:
         return ServerNotTrusted(

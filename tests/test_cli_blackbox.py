@@ -315,6 +315,30 @@ class RefusalTests(DaemonTestMixin, SynchronousTestCase):
             r" development PKI in nowhere\)",
         )
 
+    def test_refusedServerGetsAlert(self) -> None:
+        """
+        When C{mtlsd connect} refuses the server's certificate for its name,
+        it says so in its one line and sends a fatal alert, as OpenSSL's
+        clients do: the daemon logs C{client sent alert: ... bad
+        certificate}, not C{closed before handshake}.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        result = mtlsd(
+            *("connect", f"localhost:{daemon.port}", "--servername", "other.example"),
+            cwd=directory,
+            input=b"hello\n",
+        )
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(
+            result.stderr,
+            f"mtlsd connect: localhost:{daemon.port}: ",
+            "the server certificate is not valid for other.example; use --servername",
+        )
+        [reason] = daemon.waitForRejections(1)
+        self.assertTrue(reason.startswith("client sent alert: "), reason)
+        self.assertIn("bad certificate", reason)
+
     def test_serverDropsAfterHandshake(self) -> None:
         """
         A server that completes the handshake and closes the TCP connection

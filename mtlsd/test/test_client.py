@@ -4,6 +4,8 @@ fails closed, and explains every failure.
 """
 
 from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -170,6 +172,68 @@ class GateTests(SynchronousTestCase):
         c = self.connect(self.client, "example.test")
         self.assertFalse(c.client.handshook)
         c.client.lost.trap(ServerNotTrusted)
+
+    def test_serverRefusalSendsAlert(self) -> None:
+        """
+        A server certificate refused for its name (for other names, or its
+        name in the CN alone) or its chain ends the handshake with a fatal
+        alert, so that the server logs why (C{client sent alert: ...}), not
+        C{closed before handshake}; the client's sentence is the same as
+        without the alert.
+        """
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
+        recipe = selfSigned("example.com", usages=())
+        for server, trusted, hostname, sentence, alert in [
+            (
+                self.ca.server(names=("localhost",)),
+                self.ca.certificate,
+                "example.test",
+                "the server certificate is not valid for example.test; use --servername"
+                " with one of its names (mtlsd inspect shows them), or reissue it",
+                "bad certificate",
+            ),
+            (
+                self.ca.server(names=("localhost",)),
+                self.ca.certificate,
+                "127.0.0.1",
+                "the server certificate is not valid for 127.0.0.1; use --servername"
+                " with one of its names (mtlsd inspect shows them), or reissue it",
+                "bad certificate",
+            ),
+            (
+                recipe,
+                recipe.certificate,
+                "example.com",
+                "the server certificate has no subjectAltName, so it cannot be verified as"
+                " example.com (a name in the CN alone does not count); regenerate it with"
+                " -addext subjectAltName=DNS:example.com",
+                "bad certificate",
+            ),
+            (
+                TestCA("Other").server(),
+                self.ca.certificate,
+                "localhost",
+                "the server certificate failed verification: unable to get local issuer"
+                " certificate (depth 0, CN=localhost)",
+                "unknown ca",
+            ),
+        ]:
+            seen = len(events)
+            c = Connection(
+                serverContext(server, [self.client.certificate]),
+                clientContext(self.client, [trusted], hostname),
+                gated=True,
+            )
+            c.flush()
+            self.assertFalse(c.client.handshook)
+            self.assertIsInstance(c.client.lost.value, ServerNotTrusted)
+            self.assertEqual(str(c.client.lost.value), sentence)
+            [rejected] = [e for e in list(events)[seen:] if e.get("mtlsdEvent") == "rejected"]
+            self.assertTrue(rejected["reason"].startswith("client sent alert: "), rejected)
+            self.assertIn(alert, rejected["reason"])
 
     def test_cleanClose(self) -> None:
         """
