@@ -50,8 +50,16 @@ from ._tls import TLSFactory
 
 class ServerRejectedClient(Exception):
     """
-    The server refused this client's certificate (it sent a TLS alert).
+    The server refused this client's certificate (it sent a TLS alert), or
+    may have: it closed the connection without one right after the
+    handshake.
     """
+
+
+# How soon after the handshake a server's silent close is taken as its answer
+# to the handshake (a refusal of the certificate, or a connection it could
+# not serve) rather than a connection ended later for reasons of its own.
+RIGHT_AFTER_HANDSHAKE = 1.0
 
 
 class ServerNotTrusted(Exception):
@@ -138,7 +146,9 @@ class ClientTLSSettings:
             (default: C{host}).
         """
         return MtlsClientEndpoint(
-            self.connectionCreator(serverName or host), HostnameEndpoint(reactor, host, port)
+            self.connectionCreator(serverName or host),
+            HostnameEndpoint(reactor, host, port),
+            cast(IReactorTime, reactor),
         )
 
 
@@ -256,11 +266,11 @@ class _ClientGate(ProtocolWrapper):
     """
 
     factory: _ClientGateFactory
-    handshakeDone = False
+    handshakeAt: float | None = None
     received = False
 
     def handshakeCompleted(self) -> None:
-        self.handshakeDone = True
+        self.handshakeAt = self.factory.clock.seconds()
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
@@ -284,7 +294,12 @@ class _ClientGate(ProtocolWrapper):
             reason,
             self.factory.context,
             connection,
-            silentSinceHandshake=self.handshakeDone and not self.received,
+            sinceHandshake=(
+                None
+                if self.handshakeAt is None
+                else self.factory.clock.seconds() - self.handshakeAt
+            ),
+            received=self.received,
         )
         ProtocolWrapper.connectionLost(self, reason if error is None else Failure(error))
 
@@ -296,9 +311,23 @@ class _ClientGateFactory(WrappingFactory):
     protocol = _ClientGate
     noisy = False
 
-    def __init__(self, context: ClientContext, wrappedFactory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        context: ClientContext,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: measures how long after the handshake a connection is
+            lost (default: the global reactor).
+        """
         WrappingFactory.__init__(self, wrappedFactory)  # type: ignore[arg-type]
         self.context = context
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock = clock
 
 
 @implementer(IStreamClientEndpoint)
@@ -311,15 +340,24 @@ class MtlsClientEndpoint:
     certificate arrives after the handshake, as such a loss.
     """
 
-    def __init__(self, context: ClientContext, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(
+        self,
+        context: ClientContext,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: the reactor's clock (default: the global reactor).
+        """
         self._context = context
         self._endpoint = endpoint
+        self._clock = clock
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
         Connect, and fire with the application protocol.
         """
-        gates = _ClientGateFactory(self._context, protocolFactory)
+        gates = _ClientGateFactory(self._context, protocolFactory, self._clock)
         tls = TLSFactory(self._context, True, gates, application=protocolFactory)
         connecting = self._endpoint.connect(tls)
         return connecting.addCallback(
@@ -348,7 +386,8 @@ def describeClientFailure(
     reason: Failure,
     context: ClientContext,
     connection: SSL.Connection | None,
-    silentSinceHandshake: bool = False,
+    sinceHandshake: float | None = None,
+    received: bool = False,
 ) -> Exception | None:
     """
     Turn the reason a client connection was lost into a clear exception, or
@@ -358,10 +397,16 @@ def describeClientFailure(
     its certificate; a rejection arrives afterwards as an alert.  This is
     where such an alert becomes L{ServerRejectedClient}.  Some servers
     (Node's C{rejectUnauthorized}) send no alert: they complete the
-    handshake and drop the connection.
+    handshake and drop the connection.  So does an mtlsd server that
+    accepted the client but cannot serve it (its C{--forward} backend is
+    down), and one that cuts a connection it no longer trusts: a silent
+    close is blamed on nothing, and is said to be possibly a refusal only
+    when it came within L{RIGHT_AFTER_HANDSHAKE} seconds of the handshake,
+    before any data.
 
-    @param silentSinceHandshake: whether the handshake completed and the
-        server has sent no application data since.
+    @param sinceHandshake: the seconds from the completed handshake to the
+        loss, or L{None} if the handshake did not complete.
+    @param received: whether the server sent application data.
     """
     error = reason.value
     if isinstance(error, ConnectionDone):
@@ -387,16 +432,19 @@ def describeClientFailure(
             )
         return ServerRejectedClient(f"the server ended the handshake ({alert})")
     if (
-        silentSinceHandshake
+        sinceHandshake is not None
         and reason.check(ConnectionLost)
         and not reason.check(ConnectionAborted)
     ):
         # Twisted's "lost in a non-clean fashion": the TCP connection ended
         # (or was reset) without close_notify; not our own abortConnection.
-        return ServerRejectedClient(
-            "the server closed the connection right after the handshake without"
-            " an alert (it may not accept this client's certificate)"
-        )
+        if not received and sinceHandshake < RIGHT_AFTER_HANDSHAKE:
+            return ServerRejectedClient(
+                "the server closed the connection without an alert right after the"
+                " handshake, before sending anything (it may not accept this client's"
+                " certificate, or could not serve the connection: see its log)"
+            )
+        return Exception("the server closed the connection without an alert (see its log)")
     texts = opensslReasons(error)
     if texts:
         return Exception("TLS error: " + "; ".join(texts))

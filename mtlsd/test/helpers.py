@@ -161,7 +161,7 @@ class Connection:
         clientFactory = TLSMemoryBIOFactory(client, True, clientApp, clock=self.clock)
         if gated:  # as MtlsClientEndpoint connects
             clientFactory = TLSFactory(
-                client, True, _ClientGateFactory(client, clientApp), clock=self.clock
+                client, True, _ClientGateFactory(client, clientApp, self.clock), clock=self.clock
             )
         clientAddress = CLIENT_ADDRESS  # read now: tests may patch it
         self.clientTLS, self.serverTLS, self.pump = connectedServerAndClient(

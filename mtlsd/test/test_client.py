@@ -4,13 +4,14 @@ fails closed, and explains every failure.
 """
 
 from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
-from mtlsd._client import describeClientFailure
+from mtlsd._client import RIGHT_AFTER_HANDSHAKE, describeClientFailure
 from mtlsd.test.helpers import (
     Connection,
     TestCA,
@@ -251,26 +252,69 @@ class GateTests(SynchronousTestCase):
 
     def test_dropAfterHandshake(self) -> None:
         """
-        A connection lost without close_notify or alert right after the
-        handshake, before any data, is a server that may not accept this
-        client's certificate; not once data came, nor when the client
-        aborted it itself.
+        A connection lost without close_notify or alert within
+        L{RIGHT_AFTER_HANDSHAKE} seconds of the handshake, before any data,
+        is a server that may not accept this client's certificate or could
+        not serve the connection; later, or once data came, it is a close
+        without an alert, not blamed on the certificate; a connection the
+        client aborted itself, or lost before the handshake, is neither.
         """
         context = clientContext(self.client, [self.ca.certificate])
-        error = describeClientFailure(
-            Failure(ConnectionLost()), context, None, silentSinceHandshake=True
+        rightAfter = (
+            "the server closed the connection without an alert right after the handshake,"
+            " before sending anything (it may not accept this client's certificate, or could"
+            " not serve the connection: see its log)"
         )
-        self.assertIsInstance(error, ServerRejectedClient)
-        self.assertEqual(
-            str(error),
-            "the server closed the connection right after the handshake without an alert"
-            " (it may not accept this client's certificate)",
-        )
-        for reason, silent in [(ConnectionLost(), False), (ConnectionAborted(), True)]:
+        later = "the server closed the connection without an alert (see its log)"
+        for reason, sinceHandshake, received, expected in [
+            (ConnectionLost(), 0.0, False, rightAfter),
+            (ConnectionLost(), RIGHT_AFTER_HANDSHAKE - 0.01, False, rightAfter),
+            (ConnectionLost(), RIGHT_AFTER_HANDSHAKE, False, later),
+            (ConnectionLost(), 1.8, False, later),
+            (ConnectionLost(), 0.0, True, later),
+            (ConnectionAborted(), 0.0, False, None),
+            (ConnectionLost(), None, False, None),
+        ]:
             error = describeClientFailure(
-                Failure(reason), context, None, silentSinceHandshake=silent
+                Failure(reason), context, None, sinceHandshake=sinceHandshake, received=received
             )
-            self.assertNotIsInstance(error, ServerRejectedClient)
+            case = (reason, sinceHandshake, received)
+            self.assertIsNotNone(error, case)
+            if expected is None:
+                self.assertNotIn("without an alert", str(error), case)
+            else:
+                self.assertEqual(str(error), expected, case)
+            self.assertEqual(isinstance(error, ServerRejectedClient), expected == rightAfter, case)
+
+    def test_silentCloseTimedByClock(self) -> None:
+        """
+        Behind the gate, the time from the handshake to the loss is measured
+        with the reactor's clock: a server that drops the connection without
+        an alert or close_notify 0.5 seconds after the handshake may not
+        accept the certificate; 1.8 seconds after (as mtlsd cuts a client
+        whose trust was reloaded away), it just closed without an alert.
+        """
+        for delay, expected in [
+            (0.5, "without an alert right after the handshake, before sending anything"),
+            (1.8, "the server closed the connection without an alert (see its log)"),
+        ]:
+            c = Connection(
+                serverContext(self.ca.server(), [self.client.certificate]),
+                clientContext(self.client, [self.ca.certificate]),
+                clock=Clock(),
+                gated=True,
+            )
+            c.flush()
+            self.assertTrue(c.client.handshook)
+            c.clock.advance(delay)
+            # The server's TCP connection ends, under its TLS layer.
+            c.serverTLS.transport.loseConnection()  # type: ignore[union-attr]
+            c.flush()
+            self.assertIsNotNone(c.client.lost)
+            self.assertIn(expected, str(c.client.lost.value), delay)
+            self.assertEqual(
+                isinstance(c.client.lost.value, ServerRejectedClient), delay < 1, delay
+            )
 
 
 class PinnedServerTests(SynchronousTestCase):
