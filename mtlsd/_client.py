@@ -7,6 +7,7 @@ our own certificate, and explain every failure in one sentence.
 from __future__ import annotations
 
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import idna
 from attrs import field, frozen
@@ -44,13 +45,21 @@ from ._files import Path, loadCertificateAndKey, loadCertificates
 from ._halfclose import HalfCloseForwarding
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
-from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, validTLSVersion
+from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setVerify, validTLSVersion
 
 
 class ServerRejectedClient(Exception):
     """
-    The server refused this client's certificate (it sent a TLS alert).
+    The server refused this client's certificate (it sent a TLS alert), or
+    may have: it closed the connection without one right after the
+    handshake.
     """
+
+
+# How soon after the handshake a server's silent close is taken as its answer
+# to the handshake (a refusal of the certificate, or a connection it could
+# not serve) rather than a connection ended later for reasons of its own.
+RIGHT_AFTER_HANDSHAKE = 1.0
 
 
 class ServerNotTrusted(Exception):
@@ -137,7 +146,9 @@ class ClientTLSSettings:
             (default: C{host}).
         """
         return MtlsClientEndpoint(
-            self.connectionCreator(serverName or host), HostnameEndpoint(reactor, host, port)
+            self.connectionCreator(serverName or host),
+            HostnameEndpoint(reactor, host, port),
+            cast(IReactorTime, reactor),
         )
 
 
@@ -161,6 +172,12 @@ class ClientContext:
     handshake on any error: Twisted's own client (L{optionsForClientTLS})
     accepts a server certificate that has no subjectAltName at all, logging
     the error and letting the handshake go on.
+
+    A name that does not match fails the chain with OpenSSL's own error for
+    it, so that OpenSSL sends the server a fatal C{bad_certificate} alert,
+    as OpenSSL's clients do, and the server can log why.  (Twisted's
+    C{failVerification} aborts without an alert: the server saw only a
+    connection closed before the handshake.)
     """
 
     def __init__(self, settings: ClientTLSSettings, hostname: str) -> None:
@@ -172,10 +189,17 @@ class ClientContext:
         """
         self.settings = settings
         self.hostname = hostname
-        self._serverName = (
-            None if isIPAddress(hostname) or isIPv6Address(hostname) else idna.encode(hostname)
+        isIP = isIPAddress(hostname) or isIPv6Address(hostname)
+        self._serverName = None if isIP else idna.encode(hostname)
+        # The verification error for a name that does not match; OpenSSL
+        # answers either with a bad_certificate alert.
+        self._mismatch = int(
+            SSL.X509VerificationCodes.ERR_IP_ADDRESS_MISMATCH
+            if isIP
+            else SSL.X509VerificationCodes.ERR_HOSTNAME_MISMATCH
         )
         self._recorder = VerifyRecorder()
+        self._nameErrors: WeakKeyDictionary[SSL.Connection, ServerNotTrusted] = WeakKeyDictionary()
         credentials: dict[str, Any] = {}
         if settings.certificate is not None:
             credentials = {
@@ -194,11 +218,11 @@ class ClientContext:
         store = self._context.get_cert_store()
         assert store is not None
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        self._context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        setVerify(self._context, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
 
     def _verify(
         self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-    ) -> bool:
+    ) -> bool | int:
         if not self._recorder.record(connection, cert, errno, depth, ok):
             return False
         if depth != 0:
@@ -207,10 +231,8 @@ class ClientContext:
             certificate = cert.to_cryptography()
             _checkName(certificate, self.hostname)
         except Exception as e:
-            # Twisted set the TLS protocol as app data; failing its
-            # verification hands this reason to the application.
-            connection.get_app_data().failVerification(Failure(_nameError(e, self.hostname)))
-            return False
+            self._nameErrors.setdefault(connection, _nameError(e, self.hostname))
+            return self._mismatch
         return True
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
@@ -228,6 +250,13 @@ class ClientContext:
         """
         return self._recorder.failure(connection)
 
+    def nameError(self, connection: SSL.Connection) -> ServerNotTrusted | None:
+        """
+        @return: why the server's certificate does not match the name asked
+            for on C{connection}, if it does not.
+        """
+        return self._nameErrors.get(connection)
+
 
 class _ClientGate(HalfCloseForwarding, ProtocolWrapper):
     """
@@ -237,11 +266,11 @@ class _ClientGate(HalfCloseForwarding, ProtocolWrapper):
     """
 
     factory: _ClientGateFactory
-    handshakeDone = False
+    handshakeAt: float | None = None
     received = False
 
     def handshakeCompleted(self) -> None:
-        self.handshakeDone = True
+        self.handshakeAt = self.factory.clock.seconds()
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
@@ -255,7 +284,12 @@ class _ClientGate(HalfCloseForwarding, ProtocolWrapper):
             reason,
             self.factory.context,
             connection,
-            silentSinceHandshake=self.handshakeDone and not self.received,
+            sinceHandshake=(
+                None
+                if self.handshakeAt is None
+                else self.factory.clock.seconds() - self.handshakeAt
+            ),
+            received=self.received,
         )
         ProtocolWrapper.connectionLost(self, reason if error is None else Failure(error))
 
@@ -267,9 +301,23 @@ class _ClientGateFactory(WrappingFactory):
     protocol = _ClientGate
     noisy = False
 
-    def __init__(self, context: ClientContext, wrappedFactory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        context: ClientContext,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: measures how long after the handshake a connection is
+            lost (default: the global reactor).
+        """
         WrappingFactory.__init__(self, wrappedFactory)  # type: ignore[arg-type]
         self.context = context
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock = clock
 
 
 def mtlsClientFactory(
@@ -283,7 +331,7 @@ def mtlsClientFactory(
 
     @param clock: the time source (default: the global reactor).
     """
-    gates = _ClientGateFactory(context, protocolFactory)
+    gates = _ClientGateFactory(context, protocolFactory, clock)
     return TLSFactory(context, True, gates, clock=clock, application=protocolFactory)
 
 
@@ -297,15 +345,26 @@ class MtlsClientEndpoint:
     certificate arrives after the handshake, as such a loss.
     """
 
-    def __init__(self, context: ClientContext, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(
+        self,
+        context: ClientContext,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: the reactor's clock (default: the global reactor).
+        """
         self._context = context
         self._endpoint = endpoint
+        self._clock = clock
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
         Connect, and fire with the application protocol.
         """
-        connecting = self._endpoint.connect(mtlsClientFactory(self._context, protocolFactory))
+        connecting = self._endpoint.connect(
+            mtlsClientFactory(self._context, protocolFactory, self._clock)
+        )
         return connecting.addCallback(
             lambda tls: (
                 cast(_ClientGate, cast(ProtocolWrapper, tls).wrappedProtocol).wrappedProtocol
@@ -332,7 +391,8 @@ def describeClientFailure(
     reason: Failure,
     context: ClientContext,
     connection: SSL.Connection | None,
-    silentSinceHandshake: bool = False,
+    sinceHandshake: float | None = None,
+    received: bool = False,
 ) -> Exception | None:
     """
     Turn the reason a client connection was lost into a clear exception, or
@@ -342,16 +402,26 @@ def describeClientFailure(
     its certificate; a rejection arrives afterwards as an alert.  This is
     where such an alert becomes L{ServerRejectedClient}.  Some servers
     (Node's C{rejectUnauthorized}) send no alert: they complete the
-    handshake and drop the connection.
+    handshake and drop the connection.  So does an mtlsd server that
+    accepted the client but cannot serve it (its C{--forward} backend is
+    down), and one that cuts a connection it no longer trusts: a silent
+    close is blamed on nothing, and is said to be possibly a refusal only
+    when it came within L{RIGHT_AFTER_HANDSHAKE} seconds of the handshake,
+    before any data.
 
-    @param silentSinceHandshake: whether the handshake completed and the
-        server has sent no application data since.
+    @param sinceHandshake: the seconds from the completed handshake to the
+        loss, or L{None} if the handshake did not complete.
+    @param received: whether the server sent application data.
     """
     error = reason.value
     if isinstance(error, ConnectionDone):
         return None
     if isinstance(error, ServerNotTrusted):
         return error
+    if connection is not None:
+        nameError = context.nameError(connection)
+        if nameError is not None:
+            return nameError
     failure = context.verifyFailure(connection) if connection is not None else None
     if failure is not None:
         return ServerNotTrusted(
@@ -367,16 +437,19 @@ def describeClientFailure(
             )
         return ServerRejectedClient(f"the server ended the handshake ({alert})")
     if (
-        silentSinceHandshake
+        sinceHandshake is not None
         and reason.check(ConnectionLost)
         and not reason.check(ConnectionAborted)
     ):
         # Twisted's "lost in a non-clean fashion": the TCP connection ended
         # (or was reset) without close_notify; not our own abortConnection.
-        return ServerRejectedClient(
-            "the server closed the connection right after the handshake without"
-            " an alert (it may not accept this client's certificate)"
-        )
+        if not received and sinceHandshake < RIGHT_AFTER_HANDSHAKE:
+            return ServerRejectedClient(
+                "the server closed the connection without an alert right after the"
+                " handshake, before sending anything (it may not accept this client's"
+                " certificate, or could not serve the connection: see its log)"
+            )
+        return Exception("the server closed the connection without an alert (see its log)")
     texts = opensslReasons(error)
     if texts:
         return Exception("TLS error: " + "; ".join(texts))

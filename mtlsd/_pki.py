@@ -54,7 +54,14 @@ def _generalNames(
             general.append(x509.DNSName(name))
     general.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
     general.extend(x509.RFC822Name(email) for email in emails)
-    return general
+    # A name given twice (pki init's defaults include localhost) is listed
+    # once, where it first came; DNS names compare without case, and IP
+    # addresses as addresses (::1 is 0::1).
+    unique: dict[object, x509.GeneralName] = {}
+    for entry in general:
+        key = (type(entry), entry.value.lower() if isinstance(entry, x509.DNSName) else entry.value)
+        unique.setdefault(key, entry)
+    return list(unique.values())
 
 
 # RFC 3986: a scheme, a colon, then printable ASCII without spaces.

@@ -315,12 +315,36 @@ class RefusalTests(DaemonTestMixin, SynchronousTestCase):
             r" development PKI in nowhere\)",
         )
 
+    def test_refusedServerGetsAlert(self) -> None:
+        """
+        When C{mtlsd connect} refuses the server's certificate for its name,
+        it says so in its one line and sends a fatal alert, as OpenSSL's
+        clients do: the daemon logs C{client sent alert: ... bad
+        certificate}, not C{closed before handshake}.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory)
+        result = mtlsd(
+            *("connect", f"localhost:{daemon.port}", "--servername", "other.example"),
+            cwd=directory,
+            input=b"hello\n",
+        )
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(
+            result.stderr,
+            f"mtlsd connect: localhost:{daemon.port}: ",
+            "the server certificate is not valid for other.example; use --servername",
+        )
+        [reason] = daemon.waitForRejections(1)
+        self.assertTrue(reason.startswith("client sent alert: "), reason)
+        self.assertIn("bad certificate", reason)
+
     def test_serverDropsAfterHandshake(self) -> None:
         """
         A server that completes the handshake and closes the TCP connection
         without an alert: C{mtlsd connect} says so in one line, and that it
-        may not accept the client's certificate, instead of Twisted's "lost
-        in a non-clean fashion".
+        may not accept the client's certificate or could not serve the
+        connection, instead of Twisted's "lost in a non-clean fashion".
         """
         directory = self.workDirectory()
         self.assertEqual(mtlsd("pki", "init", cwd=directory).returncode, 0)
@@ -331,9 +355,35 @@ class RefusalTests(DaemonTestMixin, SynchronousTestCase):
         self.assertOneLine(
             result.stderr,
             f"mtlsd connect: localhost:{port}: ",
-            "the server closed the connection right after the handshake without an alert"
-            " (it may not accept this client's certificate)",
+            "the server closed the connection without an alert right after the handshake,"
+            " before sending anything (it may not accept this client's certificate, or"
+            " could not serve the connection: see its log)",
         )
+
+    def test_backendDown(self) -> None:
+        """
+        An mtlsd server that accepts the client, then aborts because its
+        C{--forward} backend is down: C{mtlsd connect} says that the server
+        closed without an alert right after the handshake and that it may
+        not accept the certificate or could not serve the connection, and
+        points to the server's log, which says which.
+        """
+        directory = self.workDirectory()
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            backend = closed.getsockname()[1]
+        daemon = self.startDaemon(directory, "--forward", f"tcp:127.0.0.1:{backend}")
+        result = mtlsd("connect", f"localhost:{daemon.port}", cwd=directory, input=b"hello\n")
+        self.assertEqual((result.returncode, result.stdout), (1, b""))
+        self.assertOneLine(
+            result.stderr,
+            f"mtlsd connect: localhost:{daemon.port}: ",
+            "the server closed the connection without an alert right after the handshake,"
+            " before sending anything (it may not accept this client's certificate, or"
+            " could not serve the connection: see its log)",
+        )
+        daemon.waitForLog(r"\] accepted 127\.0\.0\.1:\d+: CN=client ")
+        daemon.waitForLog(r"\] backend unavailable: ")
 
     def test_serverDropsAfterData(self) -> None:
         """
@@ -346,9 +396,43 @@ class RefusalTests(DaemonTestMixin, SynchronousTestCase):
         result = mtlsd("connect", f"localhost:{port}", cwd=directory, input=b"hello\n")
         server.join(DEADLINE)
         self.assertEqual((result.returncode, result.stdout), (1, b"hi\n"))
-        line = self.assertOneLine(result.stderr, f"mtlsd connect: localhost:{port}: ")
-        self.assertNotIn("certificate", line)
-        self.assertTrue(re.search("lost|closed", line), line)
+        self.assertOneLine(
+            result.stderr,
+            f"mtlsd connect: localhost:{port}: ",
+            "the server closed the connection without an alert (see its log)",
+        )
+        self.assertNotIn(b"certificate", result.stderr)
+
+    def test_cutLater(self) -> None:
+        """
+        An mtlsd server that cuts the connection more than a second after
+        the handshake (here: the client's certificate revoked, the CRL
+        reloaded) is said to have closed without an alert, and the
+        certificate is not blamed.
+        """
+        directory = self.workDirectory()
+        daemon = self.startDaemon(directory, "--reload-interval", "0.2")
+        process = subprocess.Popen(
+            [MTLSD, "connect", f"localhost:{daemon.port}"],
+            cwd=directory,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+        )
+        self.addCleanup(process.kill)
+        daemon.waitForLog(r"\] accepted 127\.0\.0\.1:\d+: CN=client ")
+        time.sleep(1.2)
+        self.assertEqual(mtlsd("pki", "revoke", "client", cwd=directory).returncode, 0)
+        daemon.waitForLog(r"\] cut 127\.0\.0\.1:\d+: CN=client .*: revoked")
+        stdout, stderr = process.communicate(timeout=DEADLINE)
+        self.assertEqual((process.returncode, stdout), (1, b""))
+        self.assertOneLine(
+            stderr,
+            f"mtlsd connect: localhost:{daemon.port}: ",
+            "the server closed the connection without an alert (see its log)",
+        )
+        self.assertNotIn(b"certificate", stderr)
 
 
 class PKITests(DaemonTestMixin, SynchronousTestCase):

@@ -73,6 +73,25 @@ class CommandTests(SynchronousTestCase):
         with open(self.path("pki", "ca.crt"), "rb") as f:
             self.assertEqual(f.read(), before)
 
+    def test_pkiInitServerNamesOnce(self) -> None:
+        """
+        C{pki init --server-name} names that are already among the defaults,
+        or given twice, appear once in the server certificate, in the order
+        first given.
+        """
+        code, out, err = self.command(
+            "pki", "init", self.path("pki"), "--server-name", "db.internal",
+            "--server-name", "10.0.0.5", "--server-name", "localhost",
+            "--server-name", "DB.internal", "--server-name", "0::1",
+        )  # fmt: skip
+        self.assertEqual((code, err), (0, ""))
+        [server] = loadCertificates(self.path("pki", "server.crt"), "x")
+        names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(
+            [str(name.value) for name in names],
+            ["localhost", "127.0.0.1", "::1", "db.internal", "10.0.0.5"],
+        )
+
     def test_pkiIssue(self) -> None:
         """
         C{pki issue} writes a CA-signed (or self-signed) client certificate

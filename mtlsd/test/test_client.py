@@ -4,11 +4,14 @@ fails closed, and explains every failure.
 """
 
 from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
-from mtlsd._client import describeClientFailure
+from mtlsd._client import RIGHT_AFTER_HANDSHAKE, describeClientFailure
 from mtlsd.testing import (
     CertificateAuthority,
     MemoryConnection,
@@ -172,6 +175,67 @@ class GateTests(SynchronousTestCase):
         self.assertFalse(c.client.handshook)
         c.client.lost.trap(ServerNotTrusted)
 
+    def test_serverRefusalSendsAlert(self) -> None:
+        """
+        A server certificate refused for its name (for other names, or its
+        name in the CN alone) or its chain ends the handshake with a fatal
+        alert, so that the server logs why (C{client sent alert: ...}), not
+        C{closed before handshake}; the client's sentence is the same as
+        without the alert.
+        """
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]
+            globalLogPublisher,
+        )
+        recipe = selfSigned("example.com", usages=())
+        for server, trusted, hostname, sentence, alert in [
+            (
+                self.ca.server(names=("localhost",)),
+                self.ca.certificate,
+                "example.test",
+                "the server certificate is not valid for example.test; use --servername"
+                " with one of its names (mtlsd inspect shows them), or reissue it",
+                "bad certificate",
+            ),
+            (
+                self.ca.server(names=("localhost",)),
+                self.ca.certificate,
+                "127.0.0.1",
+                "the server certificate is not valid for 127.0.0.1; use --servername"
+                " with one of its names (mtlsd inspect shows them), or reissue it",
+                "bad certificate",
+            ),
+            (
+                recipe,
+                recipe.certificate,
+                "example.com",
+                "the server certificate has no subjectAltName, so it cannot be verified as"
+                " example.com (a name in the CN alone does not count); regenerate it with"
+                " -addext subjectAltName=DNS:example.com",
+                "bad certificate",
+            ),
+            (
+                CertificateAuthority("Other").server(),
+                self.ca.certificate,
+                "localhost",
+                "the server certificate failed verification: unable to get local issuer"
+                " certificate (depth 0, CN=localhost)",
+                "unknown ca",
+            ),
+        ]:
+            seen = len(events)
+            c = MemoryConnection(
+                serverContext(server, [self.client.certificate]),
+                clientContext(self.client, [trusted], hostname),
+            )
+            c.flush()
+            self.assertFalse(c.client.handshook)
+            self.assertIsInstance(c.client.lost.value, ServerNotTrusted)
+            self.assertEqual(str(c.client.lost.value), sentence)
+            [rejected] = [e for e in list(events)[seen:] if e.get("mtlsdEvent") == "rejected"]
+            self.assertTrue(rejected["reason"].startswith("client sent alert: "), rejected)
+            self.assertIn(alert, rejected["reason"])
+
     def test_cleanClose(self) -> None:
         """
         An accepted client sees the data and a clean close.
@@ -188,26 +252,68 @@ class GateTests(SynchronousTestCase):
 
     def test_dropAfterHandshake(self) -> None:
         """
-        A connection lost without close_notify or alert right after the
-        handshake, before any data, is a server that may not accept this
-        client's certificate; not once data came, nor when the client
-        aborted it itself.
+        A connection lost without close_notify or alert within
+        L{RIGHT_AFTER_HANDSHAKE} seconds of the handshake, before any data,
+        is a server that may not accept this client's certificate or could
+        not serve the connection; later, or once data came, it is a close
+        without an alert, not blamed on the certificate; a connection the
+        client aborted itself, or lost before the handshake, is neither.
         """
         context = clientContext(self.client, [self.ca.certificate])
-        error = describeClientFailure(
-            Failure(ConnectionLost()), context, None, silentSinceHandshake=True
+        rightAfter = (
+            "the server closed the connection without an alert right after the handshake,"
+            " before sending anything (it may not accept this client's certificate, or could"
+            " not serve the connection: see its log)"
         )
-        self.assertIsInstance(error, ServerRejectedClient)
-        self.assertEqual(
-            str(error),
-            "the server closed the connection right after the handshake without an alert"
-            " (it may not accept this client's certificate)",
-        )
-        for reason, silent in [(ConnectionLost(), False), (ConnectionAborted(), True)]:
+        later = "the server closed the connection without an alert (see its log)"
+        for reason, sinceHandshake, received, expected in [
+            (ConnectionLost(), 0.0, False, rightAfter),
+            (ConnectionLost(), RIGHT_AFTER_HANDSHAKE - 0.01, False, rightAfter),
+            (ConnectionLost(), RIGHT_AFTER_HANDSHAKE, False, later),
+            (ConnectionLost(), 1.8, False, later),
+            (ConnectionLost(), 0.0, True, later),
+            (ConnectionAborted(), 0.0, False, None),
+            (ConnectionLost(), None, False, None),
+        ]:
             error = describeClientFailure(
-                Failure(reason), context, None, silentSinceHandshake=silent
+                Failure(reason), context, None, sinceHandshake=sinceHandshake, received=received
             )
-            self.assertNotIsInstance(error, ServerRejectedClient)
+            case = (reason, sinceHandshake, received)
+            self.assertIsNotNone(error, case)
+            if expected is None:
+                self.assertNotIn("without an alert", str(error), case)
+            else:
+                self.assertEqual(str(error), expected, case)
+            self.assertEqual(isinstance(error, ServerRejectedClient), expected == rightAfter, case)
+
+    def test_silentCloseTimedByClock(self) -> None:
+        """
+        Behind the gate, the time from the handshake to the loss is measured
+        with the reactor's clock: a server that drops the connection without
+        an alert or close_notify 0.5 seconds after the handshake may not
+        accept the certificate; 1.8 seconds after (as mtlsd cuts a client
+        whose trust was reloaded away), it just closed without an alert.
+        """
+        for delay, expected in [
+            (0.5, "without an alert right after the handshake, before sending anything"),
+            (1.8, "the server closed the connection without an alert (see its log)"),
+        ]:
+            c = MemoryConnection(
+                serverContext(self.ca.server(), [self.client.certificate]),
+                clientContext(self.client, [self.ca.certificate]),
+                clock=Clock(),
+            )
+            c.flush()
+            self.assertTrue(c.client.handshook)
+            c.clock.advance(delay)
+            # The server's TCP connection ends, under its TLS layer.
+            c.serverTLS.transport.loseConnection()  # type: ignore[union-attr]
+            c.flush()
+            self.assertIsNotNone(c.client.lost)
+            self.assertIn(expected, str(c.client.lost.value), delay)
+            self.assertEqual(
+                isinstance(c.client.lost.value, ServerRejectedClient), delay < 1, delay
+            )
 
 
 class PinnedServerTests(SynchronousTestCase):

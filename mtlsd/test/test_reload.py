@@ -728,6 +728,11 @@ class ResumptionTests(_Case):
         first.flush()
         self.assertTrue(first.app.made)
         session: Any = first.clientConnection.get_session()
+        # Closed cleanly (close_notify): OpenSSL marks the session of a
+        # connection freed without one not resumable, whenever the garbage
+        # collector gets to it.
+        first.clientTLS.loseConnection()
+        first.flush()
         connect = offering.clientConnectionForTLS
 
         def resume(tlsProtocol: Any) -> Any:
