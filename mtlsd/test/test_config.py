@@ -86,6 +86,16 @@ class ConfigArgumentsTests(ConfigTestCase):
         self.assertEqual((options["crl-required"], options["crl-check-chain"]), (1, 0))
         self.assertEqual((options["verify-depth"], options["handshake-timeout"]), (2, 2.5))
 
+    def test_clientCA(self) -> None:
+        """
+        C{client-ca} in the file is C{--client-ca}, repeatable.
+        """
+        options = Options()
+        options.parseOptions(
+            self.arguments('cert = "s.pem"\nclient-ca = ["old-ca.pem", "other-ca.pem"]\n')
+        )
+        self.assertEqual(options["client-ca"], ["old-ca.pem", "other-ca.pem"])
+
     def test_empty(self) -> None:
         """
         An empty file gives no arguments.

@@ -120,6 +120,20 @@ class ServerStringTests(SynchronousTestCase):
         self.assertEqual(len(context.settings.trusted), 2)
         self.assertEqual(len(context.settings.policy.commonNames), 1)
 
+    def test_clientCA(self) -> None:
+        """
+        C{clientCA=} trusts CAs to issue whatever their keyUsage, alone or
+        beside C{clientCerts=}.
+        """
+        for trust in (
+            f":clientCA={self.files['clients.pem']}",
+            f":clientCerts={self.files['bob.crt']}:clientCA={self.files['clients.pem']}",
+        ):
+            endpoint = self.parse(f"mtls:0:certKey={self.files['server.pem']}{trust}")
+            settings = endpoint._context.settings
+            self.assertTrue(settings.clientCAs)
+            self.assertLessEqual(set(settings.clientCAs), set(settings.issuers))
+
     def test_endpoint(self) -> None:
         """
         C{endpoint=} puts the TLS on any plain endpoint, e.g. a PROXY protocol
