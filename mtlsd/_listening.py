@@ -56,16 +56,21 @@ def plainEndpoints(
     @param options: the daemon's options (C{listen}, C{port}, C{interface}).
     @param role: this worker's, if it is one (it adopts the main process's
         sockets).
-    @return: each plain endpoint to listen on, with its description.
+    @return: each plain endpoint to listen on, with the option that names
+        it (C{--listen DESCRIPTION}, C{--port PORT}), for messages.
     @raise ConfigurationError: for a description that names no endpoint.
     """
+    named = [f"--listen {d}" for d in options["listen"]] or [
+        f"--port {DEFAULT_PORT if options['port'] is None else options['port']}"
+    ]
     if role is not None:
-        return role.endpoints(reactor, _descriptions(options))
+        adopted = role.endpoints(reactor, _descriptions(options))
+        return [(name, endpoint) for name, (_, endpoint) in zip(named, adopted, strict=True)]
     endpoints = []
     backlog = "" if options["listen"] else f":backlog={DEFAULT_BACKLOG}"
-    for description in _descriptions(options):
+    for name, description in zip(named, _descriptions(options), strict=True):
         try:
-            endpoints.append((description, serverFromString(reactor, description + backlog)))
+            endpoints.append((name, serverFromString(reactor, description + backlog)))
         except IndexError:
             # Twisted's systemd: parser, with no matching inherited socket
             raise ConfigurationError(

@@ -264,7 +264,8 @@ class Options(usage.Options):
                 raise
             # Under twistd or twist, which would print the whole usage on
             # standard output before the error: one line on standard error.
-            message = str(e)
+            # usage.Options words a coercer's error so; the error says it all.
+            message = str(e).removeprefix("Parameter type enforcement failed: ")
             if "not recognized" in message:
                 message += " (twistd mtlsd --help lists the options)"
             raise SystemExit(f"mtlsd: {message}") from None

@@ -5,6 +5,9 @@ The twistd plugin: C{twistd -n mtlsd [options]}, the daemon's services.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -54,9 +57,9 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     def onListening(port: IListeningPort) -> None:
         if supervising:
             pause(port)  # its workers accept
-        if role is None and not options["cert"]:
-            where = f"localhost:{port.getHost().port}" if not options["listen"] else "HOST:PORT"  # type: ignore[attr-defined]
-            log.info("try: {command}", command=_connectCommand(options, where))
+        tcpPort = getattr(port.getHost(), "port", None)
+        if role is None and not options["cert"] and tcpPort is not None:
+            log.info("try: {command}", command=_connectCommand(options, f"localhost:{tcpPort}"))
 
     listeners = [
         ListeningService(description, server.endpoint(endpoint, False), app, onListening)
@@ -104,7 +107,9 @@ def _metricsService(
     def healthy() -> bool:
         return all(each.listening for each in listeners) and (pool is None or pool.allRunning)
 
-    return ListeningService(description, endpoint, metricsSite(service.metrics, healthy))
+    return ListeningService(
+        f"--metrics {description}", endpoint, metricsSite(service.metrics, healthy)
+    )
 
 
 def _bindBeforeDaemonizing(listeners: list[ListeningService | None]) -> None:
@@ -131,7 +136,17 @@ def _daemonizing(options: Options) -> bool:
 
 
 def _connectCommand(options: Options, where: str) -> str:
-    command = f"echo hello | mtlsd connect {where}"
+    """
+    The C{mtlsd connect} command that works with the development PKI, with
+    this installation's C{mtlsd} (named by its path when it is not the one
+    on C{PATH}, as after the README's quick start).
+    """
+    mtlsd = os.path.join(os.path.dirname(sys.executable), "mtlsd")
+    if not os.path.exists(mtlsd) or shutil.which("mtlsd") == mtlsd:
+        mtlsd = "mtlsd"
+    elif not os.path.relpath(mtlsd).startswith(".."):
+        mtlsd = os.path.relpath(mtlsd)
+    command = f"echo hello | {mtlsd} connect {where}"
     if options["pki"] != DEFAULT_PKI_DIR:
         command += f" --pki {options['pki']}"
     return command

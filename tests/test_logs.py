@@ -40,6 +40,19 @@ class LogTests(DaemonTestMixin, SynchronousTestCase):
             rf"accepted unix:{path} pid={os.getpid()} uid={os.getuid()}: CN=client sha256="
         )
         self.assertNotIn("UNIXAddress", daemon.log())
+        self.assertNotIn("try:", daemon.log())  # mtlsd connect speaks TCP only
+
+    def test_tryWithListen(self) -> None:
+        """
+        With C{--listen}, the command the daemon suggests names the port it
+        listens on, not a placeholder.
+        """
+        directory = self.workDirectory()
+        daemon = Daemon(directory, ["--listen", "tcp:0:interface=127.0.0.1"])
+        self.addCleanup(daemon.stop)
+        port = daemon.waitForListening()
+        daemon.waitForLog(rf"try: echo hello \| mtlsd connect localhost:{port}$")
+        self.assertNotIn("HOST:PORT", daemon.log())
 
     def test_twistJSON(self) -> None:
         """

@@ -46,12 +46,12 @@ class StartupFailureTests(DaemonTestMixin, SynchronousTestCase):
         self.assertFailsWithOneLine(
             directory,
             ["--pidfile", "twistd.pid", "mtlsd", "--port", str(port)],
-            f"cannot listen on tcp:{port}",
+            f"cannot listen on --port {port}: ",
         )
         self.assertFailsWithOneLine(
             directory,
             ["--pidfile", "twistd.pid", "mtlsd", "--port", "0", "--metrics", f"tcp:{port}"],
-            f"cannot listen on tcp:{port}",
+            f"cannot listen on --metrics tcp:{port}: ",
         )
         self.assertFailsWithOneLine(
             directory,

@@ -198,6 +198,7 @@ class OptionsTests(SynchronousTestCase):
                 ["--bogus"],
                 "mtlsd: option --bogus not recognized (twistd mtlsd --help lists the options)",
             ),
+            (["--port", "abc"], "mtlsd: --port wants a number from 0 to 65535, not 'abc'"),
         ]:
             options = Options()
             options.parent = {"nodaemon": True}  # type: ignore[assignment]
@@ -291,7 +292,7 @@ class MakeServiceTests(SynchronousTestCase):
         error = self.assertRaises(SystemExit, service.startService)
         self.assertEqual(
             str(error.code),
-            f"mtlsd: cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on"
+            f"mtlsd: cannot listen on --port {port}: Couldn't listen on"
             f" 127.0.0.1:{port}: [Errno 98] Address already in use.",
         )
 
