@@ -11,7 +11,7 @@ import string
 
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import mtlsd
 from mtlsd._events import EVENTS, JSON_NAMES, emit
@@ -50,6 +50,8 @@ class TableTests(SynchronousTestCase):
         """
         The README's list of events is the table's.
         """
+        if not os.path.exists(README):
+            raise SkipTest("no README.md beside the package (an installed copy)")
         with open(README, encoding="utf-8") as f:
             readme = f.read()
         listed = re.search(r"`event`\n?\s*\(((?:`[a-z-]+`,\s*)+)or `log` for the rest\)", readme)
