@@ -5,6 +5,7 @@ Only clients whose certificate is in (or chains to) a bundle of trusted
 certificates get through to the application.
 """
 
+from ._admission import AdmissionCheck, Verdict
 from ._build import MtlsServer, MtlsServerEndpoint, ServerConfiguration
 from ._client import (
     ClientContext,
@@ -23,6 +24,7 @@ from ._settings import ServerTLSSettings
 from ._verify import VerifyFailure
 
 __all__ = [
+    "AdmissionCheck",
     "AllowPolicy",
     "ClientContext",
     "ClientTLSSettings",
@@ -38,6 +40,7 @@ __all__ = [
     "ServerRejectedClient",
     "ServerTLSSettings",
     "TrustReloader",
+    "Verdict",
     "VerifyFailure",
     "identityFromCertificate",
     "mtlsServerFactory",

@@ -26,14 +26,14 @@ from OpenSSL.crypto import (
 from twisted.internet.defer import Deferred
 
 from ._identity import PeerIdentity, identityFromCertificate
-from ._policy import AllowPolicy
+from ._policy import ALLOW_KINDS, AllowPolicy
 from ._reasons import ISSUER_NOT_CA, NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
 from ._settings import ServerTLSSettings
 from ._verify import VerifyFailure, subjectOf
 
 _Codes = SSL.X509VerificationCodes
 
-Verdict: TypeAlias = "VerifyFailure | None"
+Verdict: TypeAlias = VerifyFailure | None
 """
 What L{Admission} decides: L{None} admits; a L{VerifyFailure} refuses, with
 the reason, the log fields, and the X.509 error whose alert the client gets.
@@ -54,15 +54,7 @@ def identityFields(identity: PeerIdentity) -> tuple[tuple[str, object], ...]:
     """
     The log fields naming a client: what an allow-list entry can match.
     """
-    return (
-        ("commonName", identity.commonName),
-        ("fingerprint", identity.fingerprint),
-        ("spkiFingerprint", identity.spkiFingerprint),
-        ("dnsNames", identity.dnsNames),
-        ("uris", identity.uris),
-        ("ipAddresses", identity.ipAddresses),
-        ("organizationalUnits", identity.organizationalUnits),
-    )
+    return tuple((kind.identity, getattr(identity, kind.identity)) for kind in ALLOW_KINDS)
 
 
 def refusal(

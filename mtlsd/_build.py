@@ -1,4 +1,4 @@
-# -*- test-case-name: mtlsd.test.test_build -*-
+# -*- test-case-name: mtlsd.test.test_parser -*-
 """
 How a mutual-TLS server is built, in one place for the daemon and the
 C{mtls:} string: each translates its input into a L{ServerConfiguration};
@@ -36,6 +36,10 @@ def _paths(value: Sequence[Path]) -> tuple[Path, ...]:
     return tuple(value)
 
 
+def _checks(value: Sequence[AdmissionCheck]) -> tuple[AdmissionCheck, ...]:
+    return tuple(value)
+
+
 @frozen
 class ServerConfiguration:
     """
@@ -50,11 +54,25 @@ class ServerConfiguration:
     @ivar clientCertificates: bundles of trusted client certificates and CAs.
     @ivar clientCAs: bundles of CAs trusted whatever their keyUsage.
     @ivar crls: CRL files.
+    @ivar crlCheckChain: check every CA of a client's chain against its CRL.
+    @ivar crlRequired: refuse clients whose issuer has no CRL.
+    @ivar policy: the allow-list.
+    @ivar verifyDepth: the longest client chain accepted.
+    @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar handshakeTimeout: seconds a client has to complete the handshake.
+    @ivar idleTimeout: seconds without a byte before a connection is closed
+        (L{None}: never).
+    @ivar maxLifetime: seconds a connection may live (L{None}: for ever).
+    @ivar maxConnections: connections at once, beyond which new ones are
+        refused (L{None}: no limit).
+    @ivar maxPerAddress: the same, per client IP address.
     @ivar reloadInterval: seconds between looks at the files (0: SIGHUP
         only).
     @ivar keepLiveSessions: after a reload, keep the connections the new
         trust would refuse.
     @ivar quietRejections: log rejected handshakes at debug level only.
+    @ivar checks: further checks of each client after its handshake (see
+        L{AdmissionCheck}), such as a revocation source.
     """
 
     certificate: Path
@@ -76,6 +94,7 @@ class ServerConfiguration:
     reloadInterval: float = DEFAULT_RELOAD_INTERVAL
     keepLiveSessions: bool = False
     quietRejections: bool = False
+    checks: tuple[AdmissionCheck, ...] = field(default=(), converter=_checks)
 
     def load(self) -> ServerTLSSettings:
         """
@@ -126,20 +145,13 @@ class MtlsServer:
     gives.
     """
 
-    def __init__(
-        self,
-        configuration: ServerConfiguration,
-        reactor: IReactorTime,
-        checks: Sequence[AdmissionCheck] = (),
-    ) -> None:
+    def __init__(self, configuration: ServerConfiguration, reactor: IReactorTime) -> None:
         """
-        @param checks: further checks of each client after its handshake
-            (see L{mtlsd._admission.Admission}).
         @raise ConfigurationError: for any unusable file.
         """
         self.configuration = configuration
         self._reactor = reactor
-        self.context = ServerContext(configuration.load(), checks)
+        self.context = ServerContext(configuration.load(), configuration.checks)
         self.reloader = TrustReloader(
             self.context,
             configuration.load,

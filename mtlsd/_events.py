@@ -15,17 +15,14 @@ from attrs import field, frozen
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-# Every field of mtlsd's events, under its stable JSON name.
+from ._policy import ALLOW_KINDS
+
+# Every field of mtlsd's events, under its stable JSON name (those naming a
+# client as the allow-list kinds do).
 JSON_NAMES: Mapping[str, str] = {
     "client": "client",
-    "commonName": "cn",
-    "fingerprint": "fingerprint",
-    "spkiFingerprint": "spki_fingerprint",
     "serial": "serial",
-    "uris": "uris",
-    "dnsNames": "dns_names",
-    "ipAddresses": "ip_addresses",
-    "organizationalUnits": "ous",
+    **{kind.identity: kind.jsonName for kind in ALLOW_KINDS},
     "reason": "reason",
     "depth": "depth",
     "subject": "subject",
@@ -94,15 +91,7 @@ class Event:
     metrics: tuple[Metric, ...] = field(default=())
 
 
-_IDENTITY = (
-    "commonName",
-    "fingerprint",
-    "spkiFingerprint",
-    "dnsNames",
-    "uris",
-    "ipAddresses",
-    "organizationalUnits",
-)
+_IDENTITY = tuple(kind.identity for kind in ALLOW_KINDS)
 _ACTIVE = "mtlsd_connections_active", "gauge", "Established connections."
 _BYTES = "mtlsd_bytes", "counter", "Application bytes relayed, by direction."
 _RELOADS = "mtlsd_reloads", "counter", "Trust reloads, by result."

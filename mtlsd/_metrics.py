@@ -1,4 +1,4 @@
-# -*- test-case-name: mtlsd.test.test_metrics -*-
+# -*- test-case-name: mtlsd.test.test_events -*-
 """
 Prometheus metrics and the health check, fed by mtlsd's own log events (so
 what is logged and what is counted cannot disagree) and served with

@@ -144,63 +144,92 @@ class AllowPolicy:
 @frozen
 class AllowKind:
     """
-    One kind of allow-list entry, as the daemon's options and the C{mtls:}
-    strings name it: adding a kind is adding its L{AllowPolicy} field, its
-    match in L{AllowPolicy.allows} and a row of L{ALLOW_KINDS}.
+    One kind of allow-list entry, as the daemon's options, the C{mtls:}
+    strings and the logs name it: adding a kind is adding its L{AllowPolicy}
+    field, its match in L{AllowPolicy.allows} and a row of L{ALLOW_KINDS}.
 
     @ivar attribute: its field of L{AllowPolicy}.
     @ivar option: the daemon's (repeatable) option, e.g. C{allow-cn}.
     @ivar key: the C{mtls:} string's key (comma-separated), e.g. C{allowCN}.
     @ivar help: the option's help.
+    @ivar identity: the L{PeerIdentity} attribute it matches, which the
+        event of a client the allow-list refused carries.
+    @ivar label: how text log lines name that attribute, e.g. C{CN}.
+    @ivar jsonName: how JSON log lines name it, e.g. C{cn}.
     """
 
     attribute: str
     option: str
     key: str
     help: str
+    identity: str
+    label: str
+    jsonName: str
 
 
+# In the order the text lines name a refused client's attributes.
 ALLOW_KINDS = (
     AllowKind(
         "commonNames",
         "allow-cn",
         "allowCN",
         "Admit clients whose CN matches (glob: * one label, ** any; repeatable).",
-    ),
-    AllowKind(
-        "dnsNames",
-        "allow-dns",
-        "allowDNS",
-        "Admit clients with a matching DNS name SAN (glob; repeatable).",
-    ),
-    AllowKind(
-        "uris",
-        "allow-uri",
-        "allowURI",
-        "Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).",
-    ),
-    AllowKind(
-        "ipAddresses",
-        "allow-ip",
-        "allowIP",
-        "Admit clients with an IP SAN in this address or network (repeatable).",
-    ),
-    AllowKind(
-        "organizationalUnits",
-        "allow-ou",
-        "allowOU",
-        "Admit clients with this organizational unit (repeatable).",
+        "commonName",
+        "CN",
+        "cn",
     ),
     AllowKind(
         "fingerprints",
         "allow-fingerprint",
         "allowFingerprint",
         "Admit the certificate with this SHA-256 fingerprint (repeatable).",
+        "fingerprint",
+        "sha256",
+        "fingerprint",
     ),
     AllowKind(
         "spkiFingerprints",
         "allow-spki",
         "allowSPKI",
         "Admit certificates whose public key has this SHA-256 (repeatable).",
+        "spkiFingerprint",
+        "spki",
+        "spki_fingerprint",
+    ),
+    AllowKind(
+        "uris",
+        "allow-uri",
+        "allowURI",
+        "Admit clients with a matching URI SAN, e.g. a SPIFFE ID (glob: * one segment; repeatable).",
+        "uris",
+        "uri",
+        "uris",
+    ),
+    AllowKind(
+        "dnsNames",
+        "allow-dns",
+        "allowDNS",
+        "Admit clients with a matching DNS name SAN (glob; repeatable).",
+        "dnsNames",
+        "dns",
+        "dns_names",
+    ),
+    AllowKind(
+        "ipAddresses",
+        "allow-ip",
+        "allowIP",
+        "Admit clients with an IP SAN in this address or network (repeatable).",
+        "ipAddresses",
+        "ip",
+        "ip_addresses",
+    ),
+    AllowKind(
+        "organizationalUnits",
+        "allow-ou",
+        "allowOU",
+        "Admit clients with this organizational unit (repeatable).",
+        "organizationalUnits",
+        "ou",
+        "ous",
     ),
 )

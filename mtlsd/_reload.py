@@ -88,6 +88,10 @@ class TrustReloader(Service):
         self.failures = 0
 
     def startService(self) -> None:
+        """
+        Log what the trust files make trusted and any warning, start polling
+        the files, and answer SIGHUP.
+        """
         super().startService()
         # Read again as the user the daemon runs as (twistd's --uid/--gid
         # drop root between loading the files and starting this service).
@@ -110,6 +114,9 @@ class TrustReloader(Service):
         self._unsubscribe = _signals.sighup.subscribe(self._clock, self._reloadOnSignal)
 
     def stopService(self) -> None:
+        """
+        Stop polling and answering SIGHUP.
+        """
         super().stopService()
         if self._poll is not None:
             self._poll.stop()

@@ -43,6 +43,7 @@ from ._admission import Verdict
 from ._context import ServerContext
 from ._events import emit
 from ._halfclose import HalfCloseForwarding
+from ._policy import ALLOW_KINDS
 from ._reasons import (
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
@@ -119,6 +120,16 @@ class ConnectionLimits:
         maxConnections: int | None = None,
         maxPerAddress: int | None = None,
     ) -> None:
+        """
+        @param handshakeTimeout: seconds a client has to complete the TLS
+            handshake (and its admission).
+        @param idleTimeout: seconds without a byte either way before an
+            admitted connection is closed.
+        @param maxLifetime: seconds an admitted connection may live.
+        @param maxConnections: connections at once; beyond, a new one is
+            closed at once (logged C{refused}).
+        @param maxPerAddress: the same, per client IP address.
+        """
         self.handshakeTimeout = handshakeTimeout
         self.idleTimeout = idleTimeout
         self.maxLifetime = maxLifetime
@@ -472,15 +483,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
 
 # How the text lines name a refused client's fields (as openssl and the
 # allow-list options do).
-_NAMED = (
-    ("commonName", "CN"),
-    ("fingerprint", "sha256"),
-    ("spkiFingerprint", "spki"),
-    ("uris", "uri"),
-    ("dnsNames", "dns"),
-    ("ipAddresses", "ip"),
-    ("organizationalUnits", "ou"),
-)
+_NAMED = tuple((kind.identity, kind.label) for kind in ALLOW_KINDS)
 
 
 def _detail(fields: dict[str, object]) -> str:
@@ -529,6 +532,13 @@ class _GateFactory(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
         assert addr is not None
         return _GateProtocol(self, addr)
+
+    def logPrefix(self) -> str:
+        """
+        How Twisted names the listener in its log (C{mtlsd (TLS) starting on
+        8082}).
+        """
+        return "mtlsd"
 
     def acceptableProtocols(self) -> list[bytes]:
         """

@@ -49,11 +49,17 @@ def subjectOf(certificate: X509 | x509.Certificate) -> str:
 @frozen
 class VerifyFailure:
     """
-    Why OpenSSL rejected a peer's certificate chain.
+    Why a peer's certificate chain was refused: by OpenSSL, or by mtlsd (the
+    issuer rule, the allow-list, a revocation check).
 
-    @ivar errno: the C{X509_V_ERR_*} code.
+    @ivar errno: the C{X509_V_ERR_*} code, which also picks the TLS alert the
+        peer gets when the refusal is made in the handshake.
     @ivar depth: the chain position of the failing certificate (0: leaf).
     @ivar subject: that certificate's subject (RFC 4514).
+    @ivar text: mtlsd's reason, for a refusal of mtlsd's (else OpenSSL's
+        text for C{errno} is the reason).
+    @ivar details: the log fields naming the refused client (C{commonName},
+        C{uris}, ...), instead of C{depth} and C{subject}.
     """
 
     errno: int

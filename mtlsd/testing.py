@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from zope.interface import implementer
 
+from ._admission import AdmissionCheck
 from ._client import ClientContext, ClientTLSSettings, mtlsClientFactory
 from ._context import ServerContext
 from ._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM, makeCertificate, newKey
@@ -233,19 +234,25 @@ def selfSigned(
 
 
 def serverContext(
-    server: Credentials, trusted: Iterable[x509.Certificate], **settings: Any
+    server: Credentials,
+    trusted: Iterable[x509.Certificate],
+    checks: Sequence[AdmissionCheck] = (),
+    **settings: Any,
 ) -> ServerContext:
     """
     A server's TLS context.
 
     @param server: the server's certificate, key and chain.
     @param trusted: the client certificates and CAs it trusts.
+    @param checks: further checks of each client after its handshake (see
+        L{mtlsd.AdmissionCheck}): a revocation source you test, say.
     @param settings: more L{ServerTLSSettings} fields, by name (C{policy},
         C{crls}, C{verifyDepth}, C{minimumTLSVersion}, ...).
     @return: a L{ServerContext} for these settings.
     """
     return ServerContext(
-        ServerTLSSettings(server.certificate, server.key, server.chain, tuple(trusted), **settings)
+        ServerTLSSettings(server.certificate, server.key, server.chain, tuple(trusted), **settings),
+        checks,
     )
 
 

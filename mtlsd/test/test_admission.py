@@ -6,22 +6,25 @@ situation, and its verdict may come later.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL.SSL import X509VerificationCodes as Codes
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd._admission import Admission
-from mtlsd._context import ServerContext
+from mtlsd._build import MtlsServer, ServerConfiguration
 from mtlsd._metrics import Metrics
 from mtlsd._policy import AllowPolicy
 from mtlsd._settings import ServerTLSSettings
 from mtlsd._verify import VerifyFailure
 from mtlsd.test.helpers import hoursAgo
-from mtlsd.testing import CertificateAuthority, MemoryConnection, clientContext
+from mtlsd.testing import CertificateAuthority, MemoryConnection, clientContext, serverContext
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -118,11 +121,8 @@ class PendingAdmissionTests(SynchronousTestCase):
             self.asked.append((certificate, answer))
             return answer
 
-        server = self.ca.server()
-        self.context = ServerContext(
-            ServerTLSSettings(server.certificate, server.key, trusted=(self.ca.certificate,)),
-            checks=[check],
-        )
+        self.check = check
+        self.context = serverContext(self.ca.server(), [self.ca.certificate], checks=[check])
         self.alice = self.ca.issue("alice")
 
     def connect(self) -> MemoryConnection:
@@ -181,3 +181,31 @@ class PendingAdmissionTests(SynchronousTestCase):
         self.assertTrue(answer.called)  # cancelled
         [rejected] = self.mtlsdEvents("rejected")
         self.assertEqual(rejected["reason"], "handshake timeout")
+
+    def test_checksOfAConfiguration(self) -> None:
+        """
+        The checks of a L{ServerConfiguration} are those of the server built
+        from it, as the daemon and the C{mtls:} string build theirs.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        server = self.ca.server()
+        files = {
+            "server.pem": server.certificatePEM() + server.keyPEM(),
+            "ca.pem": self.ca.certificate.public_bytes(Encoding.PEM),
+        }
+        for name, data in files.items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(data)
+        built = MtlsServer(
+            ServerConfiguration(
+                os.path.join(directory, "server.pem"),
+                clientCertificates=[os.path.join(directory, "ca.pem")],
+                checks=(self.check,),
+            ),
+            Clock(),
+        )
+        self.context = built.context
+        c = self.connect()
+        self.assertEqual(len(self.asked), 1)
+        self.assertFalse(c.app.made)

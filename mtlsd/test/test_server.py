@@ -23,7 +23,7 @@ from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
 from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
-from mtlsd._policy import AllowPolicy
+from mtlsd._policy import ALLOW_KINDS, AllowPolicy
 from mtlsd._reasons import verifyErrorText
 from mtlsd._server import ConnectionLimits, mtlsServerFactory
 from mtlsd._settings import ServerTLSSettings, isIssuingCA
@@ -654,6 +654,9 @@ class PolicyInHandshakeTests(_LoggingTestCase):
         identity = identityFromCertificate(carol.certificate)
         self.assertEqual(rejected["spkiFingerprint"], identity.spkiFingerprint)
         self.assertEqual(rejected["uris"], ("spiffe://example.org/carol",))
+        # Whatever kinds the allow-list has, the refused client is named by each.
+        for kind in ALLOW_KINDS:
+            self.assertEqual(rejected[kind.identity], getattr(identity, kind.identity), kind)
         self.assertEqual(
             formatEvent(rejected),
             f"rejected 192.0.2.7:40001: not allowed by policy: CN=carol"
