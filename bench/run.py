@@ -1,5 +1,7 @@
 """
-Benchmark mtlsd against stunnel and HAProxy as mutual-TLS terminating proxies.
+Benchmark mtlsd against stunnel and HAProxy as mutual-TLS terminating proxies,
+and against the team's two performance anchors: goproxy (Go's crypto/tls) and
+lean_relay (pyOpenSSL on a socket BIO, no Twisted), from ../shared/perf/.
 
     python bench/run.py [--quick] [--rounds N] [--json FILE] [--keep]
 
@@ -40,8 +42,20 @@ LOADGEN = BENCH / "loadgen.py"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 65536
-IMPLS = ("mtlsd", "stunnel", "haproxy")
-TITLES = {"mtlsd": "mtlsd", "stunnel": "stunnel", "haproxy": "HAProxy"}
+IMPLS = ("mtlsd", "stunnel", "haproxy", "goproxy", "lean_relay")
+TITLES = {
+    "mtlsd": "mtlsd",
+    "stunnel": "stunnel",
+    "haproxy": "HAProxy",
+    "goproxy": "goproxy",
+    "lean_relay": "lean_relay",
+}
+# mtlsd's ratio to each of these, a column each.
+REFERENCES = ("haproxy", "goproxy", "lean_relay")
+# The team's performance anchors (not part of mtlsd): Go's crypto/tls relay and
+# a bare pyOpenSSL relay on a socket BIO, beside the checkout (MTLSD_PERF_ANCHORS
+# names another folder).
+ANCHORS = Path(os.environ.get("MTLSD_PERF_ANCHORS", BENCH.parent.parent / "shared" / "perf"))
 
 
 def log(message: str) -> None:
@@ -125,7 +139,37 @@ def ensureTools() -> dict[str, str]:
         for pkg in missing:
             if found[pkg] is None:
                 problems[wanted[pkg]] = reason or "not on PATH after apt-get install"
+    if not (ANCHORS / "lean_relay.py").exists():
+        problems["lean_relay"] = f"no {ANCHORS / 'lean_relay.py'} (set MTLSD_PERF_ANCHORS)"
     return problems
+
+
+def buildGoproxy(work: Path) -> tuple[Path | None, str]:
+    """
+    Build the Go relay from the anchors' goproxy.go with Debian's golang-go
+    (installed if missing).
+
+    @return: the binary, or L{None} and why not.
+    """
+    source = ANCHORS / "goproxy.go"
+    if not source.exists():
+        return None, f"no {source} (set MTLSD_PERF_ANCHORS)"
+    if shutil.which("go") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing golang-go with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "-q", "golang-go"]
+        if run(install, timeout=900, env=env).returncode != 0:
+            run(["apt-get", "update", "-q"], timeout=600, env=env)
+            run(install, timeout=900, env=env)
+    go = shutil.which("go")
+    if go is None:
+        return None, "no Go compiler (apt-get install golang-go failed or not root)"
+    binary = work / "goproxy"
+    env = dict(os.environ, GO111MODULE="off", GOPROXY="off", GOCACHE=str(work / "gocache"))
+    built = run([go, "build", "-o", str(binary), str(source)], timeout=600, env=env)
+    if built.returncode != 0:
+        return None, "go build failed: " + lastLine(built.stderr)
+    return binary, ""
 
 
 def lastLine(text: str) -> str:
@@ -353,6 +397,12 @@ class Server:
                 "verifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.2\n"
             )
             return [stunnelPath() or "stunnel4", str(cfg)]
+        anchor = [str(self.port), str(p.serverCert), str(p.serverKey), str(p.ca)]
+        anchor.append(str(self.backendPort))
+        if self.impl == "goproxy":
+            return ["env", "GOMAXPROCS=1", str(self.work / "goproxy"), *anchor]
+        if self.impl == "lean_relay":
+            return [sys.executable, str(ANCHORS / "lean_relay.py"), *anchor]
         cfg = self.work / f"haproxy-{self.label}.cfg"
         cfg.write_text(
             "frontend f\n"
@@ -656,10 +706,10 @@ class Metric:
             text += " (" + "; ".join(extra) + ")"
         return text
 
-    def ratio(self) -> str:
+    def ratio(self, reference: str = "haproxy") -> str:
         if not self.compare:
             return "—"
-        a, b = self.median("mtlsd"), self.median("haproxy")
+        a, b = self.median("mtlsd"), self.median(reference)
         if a is None or b is None or b == 0:
             return "n/a"
         return f"{a / b:.2f}"
@@ -911,6 +961,11 @@ def main() -> int:
             for impl in IMPLS:
                 metrics["hsRsa"].fail(impl, rsaError)
 
+        if "goproxy" not in missing:
+            goproxy, why = buildGoproxy(work)
+            if goproxy is None:
+                missing["goproxy"] = why
+                log(f"goproxy: skipped, {why}")
         backend, backendPort, backendName = startBackend(work, clientPin)
         log(f"backend: {backendName} on port {backendPort}")
 
@@ -998,14 +1053,14 @@ def main() -> int:
 
         elapsed = time.monotonic() - started
         lines = [
-            f"## mtlsd vs stunnel vs HAProxy, mutual TLS ({'quick' if args.quick else 'full'})",
+            f"## mtlsd vs stunnel, HAProxy, goproxy and lean_relay, mutual TLS ({'quick' if args.quick else 'full'})",
             "",
             f"- date: {date}; command: `{command}`; took {elapsed / 60:.1f} min; "
             f"load average at the end {loadAverage()}",
             *machineInfo(pinning, backendName, loadStart),
             f"- {settings.rounds} rounds of the round rows (handshakes to latency, and the "
             f"machine-wide rows) and {settings.memoryRounds} of the memory rows, "
-            "interleaved (mtlsd, stunnel, HAProxy, mtlsd, ...); a cell is the median over "
+            "interleaved (mtlsd, stunnel, HAProxy, goproxy, lean_relay, mtlsd, ...); a cell is the median over "
             "rounds, ± half their range; server CPU from /proc/PID/stat "
             f"(1/{CLK_TCK} s ticks)",
             f"- {settings.handshakes} connections per handshake cell and round "
@@ -1016,12 +1071,17 @@ def main() -> int:
             "- negotiated, as openssl s_client sees it:",
             *checks,
             "",
-            "| Metric | mtlsd | stunnel | HAProxy | mtlsd/HAProxy |",
-            "| --- | --- | --- | --- | --- |",
+            "| Metric | "
+            + " | ".join(TITLES[i] for i in IMPLS)
+            + " | "
+            + " | ".join(f"mtlsd/{TITLES[r]}" for r in REFERENCES)
+            + " |",
+            "| --- " * (1 + len(IMPLS) + len(REFERENCES)) + "|",
         ]
         for m in metrics.values():
             cells = " | ".join(m.cell(i) for i in IMPLS)
-            lines.append(f"| {m.title} | {cells} | {m.ratio()} |")
+            ratios = " | ".join(m.ratio(r) for r in REFERENCES)
+            lines.append(f"| {m.title} | {cells} | {ratios} |")
         lines += [
             "",
             "Resumed / full handshake CPU, each server against itself: "
