@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides, implementer
 
@@ -146,3 +147,34 @@ class WriteTests(SynchronousTestCase):
             c.clock.advance(0)
             c.flush()
             self.assertEqual(c.client.received, b"hello")
+
+
+class TwistedNamesTests(SynchronousTestCase):
+    def test_overriddenNamesStillExist(self) -> None:
+        """
+        The parts of Twisted's TLS transport that L{mtlsd._tls} overrides or
+        uses exist, with the meaning it relies on: a Twisted release that
+        renames one fails here, not in production.
+        """
+        from OpenSSL.SSL import Error
+        from twisted.protocols import tls
+
+        for name in (
+            "_flushReceiveBIO",
+            "_flushSendBIO",
+            "_shutdownTLS",
+            "_tlsShutdownFinished",
+            "_write",
+            "_bufferedWrite",
+        ):
+            self.assertTrue(callable(getattr(tls.TLSMemoryBIOProtocol, name, None)), name)
+        self.assertTrue(callable(getattr(tls.BufferingTLSTransport, "_write", None)))
+        ca = CertificateAuthority()
+        clock = Clock()
+        factory = tls.TLSMemoryBIOFactory(
+            serverContext(ca.server(), [ca.certificate]), False, Factory(), clock=clock
+        )
+        self.assertIs(factory._clock, clock)
+        self.assertTrue(
+            tls._representsEOF(Error([("SSL routines", "", "unexpected eof while reading")]))
+        )
