@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from OpenSSL import SSL
 from OpenSSL.crypto import FILETYPE_ASN1, X509, X509StoreFlags, dump_certificate
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import (
     AcceptableCiphers,
     Certificate,
@@ -26,6 +26,7 @@ from zope.interface import implementer
 from ._admission import Admission, AdmissionCheck
 from ._sessions import SessionRegistry
 from ._settings import ServerTLSSettings
+from ._tls import TLSFactory
 from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setVerify
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
@@ -52,9 +53,11 @@ def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> Any:
     client offering ALPN (curl, browsers) failed against an application
     that negotiates nothing.  Declining is the right answer.
     """
-    factory = connection.get_app_data().factory.wrappedFactory
-    negotiating = IProtocolNegotiationFactory(factory, None)
-    for protocol in negotiating.acceptableProtocols() if negotiating is not None else ():
+    # The TLS protocol is the connection's app data (Twisted's); its factory,
+    # mtlsd's TLSFactory, knows the application.
+    factory = connection.get_app_data().factory
+    wanted = factory.applicationProtocols() if isinstance(factory, TLSFactory) else []
+    for protocol in wanted:
         if protocol in offered:
             return bytes(protocol)
     return SSL.NO_OVERLAPPING_PROTOCOLS

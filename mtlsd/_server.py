@@ -25,7 +25,6 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocol,
     IProtocolFactory,
-    IProtocolNegotiationFactory,
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol
@@ -503,13 +502,12 @@ def _detail(fields: dict[str, object]) -> str:
     return ": " + " ".join(named) if named else ""
 
 
-@implementer(IProtocolNegotiationFactory)
 class _GateFactory(WrappingFactory):
     """
     Builds a L{_GateProtocol} for each connection; the application factory
-    builds its protocol only when the gate lets the client in.  The
-    application's ALPN protocols (twisted.web's C{http/1.1}, say) are
-    offered in the handshake.
+    builds its protocol only when the gate lets the client in.  (The
+    application's ALPN protocols, twisted.web's C{http/1.1} say, are chosen
+    by the server context, from the L{TLSFactory}.)
     """
 
     protocol = _GateProtocol
@@ -539,13 +537,6 @@ class _GateFactory(WrappingFactory):
         8082}).
         """
         return "mtlsd"
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        The application's ALPN protocols, if it negotiates any.
-        """
-        negotiating = IProtocolNegotiationFactory(self.wrappedFactory, None)
-        return list(negotiating.acceptableProtocols()) if negotiating is not None else []
 
 
 def mtlsServerFactory(

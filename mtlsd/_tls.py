@@ -11,7 +11,12 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IProtocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolNegotiationFactory,
+)
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (  # _representsEOF: Twisted's test for a peer's EOF
     BufferingTLSTransport,
@@ -209,3 +214,13 @@ class TLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, *args, **kwargs)
         self.isClient = isClient
         self.writesInBulk = IWritesInBulk.providedBy(application)
+        self._negotiating = IProtocolNegotiationFactory(application, None)
+
+    def applicationProtocols(self) -> list[bytes]:
+        """
+        The application's ALPN protocols (none if it negotiates none), for
+        the server context's choice among those a client offers.
+        """
+        if self._negotiating is None:
+            return []
+        return list(self._negotiating.acceptableProtocols())
