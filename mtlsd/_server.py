@@ -55,7 +55,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # waits for TCP's SYN retransmission (a second or more).  The kernel caps it
 # at net.core.somaxconn.
 DEFAULT_BACKLOG = 1024
-_CERT_HAS_EXPIRED = SSL.X509VerificationCodes.ERR_CERT_HAS_EXPIRED
 
 log = Logger(namespace="mtlsd")
 
