@@ -37,7 +37,8 @@ def unixClient(transport: ITransport) -> str:
     C{unix:/run/mtlsd.sock pid=1234 uid=1000}.
     """
     described = f"unix:{formatAddress(transport.getHost())}"
-    handle = getattr(transport, "getHandle", lambda: None)()
+    # The socket: a TLS transport's handle is its OpenSSL connection.
+    handle = getattr(transport, "socket", None)
     credentials = getattr(socket, "SO_PEERCRED", None)
     if isinstance(handle, socket.socket) and credentials is not None:
         try:

@@ -28,8 +28,10 @@ from ._context import ServerContext
 from ._files import Path
 from ._policy import AllowPolicy
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
-from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, mtlsServerFactory
+from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, gateFactory
 from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
+from ._sockettls import TLSListener, socketListen
+from ._tls import TLSFactory, applicationProtocols
 
 
 def _paths(value: Sequence[Path]) -> tuple[Path, ...]:
@@ -226,10 +228,12 @@ class MtlsServerEndpoint:
             failure to listen.
         """
         holding = self._holdReloader()
-        listening = self._endpoint.listen(
-            mtlsServerFactory(
-                self._context, protocolFactory, self._limits, self._clock, self._quiet
-            )
+        gate = gateFactory(self._context, protocolFactory, self._limits, self._clock, self._quiet)
+        listener = TLSListener(
+            self._context.socketConnection, applicationProtocols(protocolFactory)
+        )
+        listening = socketListen(self._endpoint, gate, listener) or self._endpoint.listen(
+            TLSFactory(self._context, False, gate, clock=gate.clock, application=protocolFactory)
         )
         if not holding:
             return listening

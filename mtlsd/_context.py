@@ -8,10 +8,12 @@ connection; new settings are taken while running.
 from __future__ import annotations
 
 import datetime
+import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib  # the mode bits pyOpenSSL does not name
 from OpenSSL.crypto import FILETYPE_ASN1, X509, X509StoreFlags, dump_certificate
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import (
@@ -26,7 +28,6 @@ from zope.interface import implementer
 from ._admission import Admission, AdmissionCheck
 from ._sessions import SessionRegistry
 from ._settings import ServerTLSSettings
-from ._tls import TLSFactory
 from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setVerify
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
@@ -53,10 +54,10 @@ def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> Any:
     client offering ALPN (curl, browsers) failed against an application
     that negotiates nothing.  Declining is the right answer.
     """
-    # The TLS protocol is the connection's app data (Twisted's); its factory,
-    # mtlsd's TLSFactory, knows the application.
-    factory = connection.get_app_data().factory
-    wanted = factory.applicationProtocols() if isinstance(factory, TLSFactory) else []
+    # The connection's app data is its TLS transport (mtlsd's, on a socket or
+    # on Twisted's memory BIOs), which knows the application.
+    transport = connection.get_app_data()
+    wanted: list[bytes] = getattr(transport, "applicationProtocols", list)()
     for protocol in wanted:
         if protocol in offered:
             return bytes(protocol)
@@ -130,6 +131,10 @@ class ServerContext:
             **({"raiseMinimumTo": TLS_VERSIONS[minimum]} if minimum != "1.2" else {}),
         )
         context = options.getContext()
+        # On a socket (mtlsd._sockettls), a write OpenSSL could not finish is
+        # retried from a buffer that may have moved; idle connections give
+        # back their record buffers (about 34 KiB each).
+        context.set_mode(_lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | _lib.SSL_MODE_RELEASE_BUFFERS)
         store = context.get_cert_store()
         assert store is not None
         crlIssuers = {crl.issuer for crl in settings.usableCRLs}
@@ -193,6 +198,19 @@ class ServerContext:
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """
-        Create the OpenSSL connection for a newly accepted socket.
+        Create the OpenSSL connection for a newly accepted socket, on
+        Twisted's memory BIOs.
         """
         return self._options.serverConnectionForTLS(tlsProtocol)
+
+    def socketConnection(self, sock: socket.socket, transport: object) -> SSL.Connection:
+        """
+        Create the OpenSSL connection of a newly accepted socket that
+        OpenSSL reads and writes itself (see L{mtlsd._sockettls}).
+
+        @param transport: the socket's TLS transport (the connection's app
+            data, as Twisted makes it the TLS protocol).
+        """
+        connection = SSL.Connection(self._options.getContext(), sock)
+        connection.set_app_data(transport)
+        return connection

@@ -23,9 +23,12 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
+    INegotiated,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
@@ -35,7 +38,7 @@ from twisted.protocols.tls import (
     TLSMemoryBIOProtocol,
 )
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer
 
 from ._address import formatAddress, noDelay, unixClient
 from ._admission import Verdict
@@ -163,7 +166,9 @@ class ConnectionLimits:
             del self._perAddress[host]
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol)
+# As the application's transport, a gate is an SSL transport (declared for
+# the class: a per-connection declaration costs time and memory).
+@implementer(IHandshakeListener, IHalfCloseableProtocol, ISSLTransport, INegotiated, ISystemHandle)
 class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     """
     Sits between the TLS layer and the application protocol.  The
@@ -207,7 +212,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         peer = self._tls.getPeer()
         if isinstance(peer, UNIXAddress) and not peer.name:
             if self._unixClient is None:
-                self._unixClient = unixClient(self._tls.transport)  # type: ignore[arg-type]
+                self._unixClient = unixClient(self._tls)
             return self._unixClient
         return formatAddress(peer)
 
@@ -216,7 +221,6 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         return cast(TLSMemoryBIOProtocol, self.transport)
 
     def makeConnection(self, transport: object) -> None:
-        directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
 
@@ -237,7 +241,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             self._tls.abortConnection()
             return
         self._admitted = True
-        noDelay(self._tls.transport)
+        noDelay(self._tls)
         self._timeout = clock.callLater(limits.handshakeTimeout, self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
@@ -559,10 +563,25 @@ def mtlsServerFactory(
     @param quietRejections: log rejected handshakes at debug level only.
     @return: a factory to pass to a plain endpoint's C{listen}.
     """
+    gate = gateFactory(context, appFactory, limits, clock, quietRejections)
+    return TLSFactory(context, False, gate, clock=gate.clock, application=appFactory)
+
+
+def gateFactory(
+    context: ServerContext,
+    appFactory: IProtocolFactory,
+    limits: ConnectionLimits | None = None,
+    clock: IReactorTime | None = None,
+    quietRejections: bool = False,
+) -> _GateFactory:
+    """
+    The factory of the gates between a TLS transport (mtlsd's own, or
+    Twisted's of L{mtlsServerFactory}) and the application; the arguments
+    are L{mtlsServerFactory}'s.
+    """
     if clock is None:
         from twisted.internet import reactor
 
         clock = reactor
     assert clock is not None
-    gate = _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)
-    return TLSFactory(context, False, gate, clock=clock, application=appFactory)
+    return _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)

@@ -7,7 +7,7 @@ and bulk data moves in fewer, larger operations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
@@ -65,6 +65,12 @@ class TLSTransport(BufferingTLSTransport):
 
     def writeSequence(self, sequence: Iterable[bytes]) -> None:
         self.write(b"".join(sequence))
+
+    def applicationProtocols(self) -> list[bytes]:
+        """
+        The application's ALPN protocols (for the server context's choice).
+        """
+        return cast(TLSFactory, self.factory).applicationProtocols()
 
     """
     Bytes received from the network, before decryption.
@@ -214,13 +220,16 @@ class TLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, *args, **kwargs)
         self.isClient = isClient
         self.writesInBulk = IWritesInBulk.providedBy(application)
-        self._negotiating = IProtocolNegotiationFactory(application, None)
+        self.applicationProtocols = applicationProtocols(application)
 
-    def applicationProtocols(self) -> list[bytes]:
-        """
-        The application's ALPN protocols (none if it negotiates none), for
-        the server context's choice among those a client offers.
-        """
-        if self._negotiating is None:
-            return []
-        return list(self._negotiating.acceptableProtocols())
+
+def applicationProtocols(application: object) -> Callable[[], list[bytes]]:
+    """
+    @return: a function giving the ALPN protocols of an application's
+        protocol factory (none if it negotiates none), for the server
+        context's choice among those a client offers.
+    """
+    negotiating = IProtocolNegotiationFactory(application, None)
+    if negotiating is None:
+        return list
+    return lambda: list(negotiating.acceptableProtocols())
