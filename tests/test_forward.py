@@ -243,6 +243,60 @@ class ForwardTests(ForwardTestMixin, SynchronousTestCase):
         self.assertEqual([cn for _, cn, _, _ in daemon.accepted()], ["client"])
 
 
+class StalledBackendTests(ForwardTestMixin, SynchronousTestCase):
+    """
+    Back-pressure end to end: a backend that stops reading stops the
+    daemon reading from the client, so its memory stays bounded.
+    """
+
+    def test_stalledBackendBoundsMemory(self) -> None:
+        """
+        A client sends 64 MiB towards a backend that reads nothing: the
+        client's writes stall well short of 64 MiB (the daemon stopped
+        reading instead of buffering) and the daemon's peak RSS grows by
+        less than 32 MiB.  Once the backend reads, all 64 MiB arrive.
+        """
+        from .test_exhaustion import status
+
+        directory = self.pkiDirectory()
+        backend = self.backend(directory, "stall")
+        daemon = self.startDaemon(directory, "--forward", f"tcp:127.0.0.1:{backend}")
+        pid = daemon.process.pid
+        sock = pkiClient(daemon.port, os.path.join(directory, "mtlsd-pki"))
+        self.addCleanup(sock.close)
+        rssBefore = status(pid, "VmRSS")
+        sent = [0]
+        chunk = os.urandom(MiB)
+
+        def send() -> None:
+            for _ in range(64):
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        # Until the client's writes have stopped moving for a second.
+        last, still, end = -1, time.monotonic(), time.monotonic() + 3 * DEADLINE
+        while time.monotonic() < end and sent[0] < 64 * MiB:
+            if sent[0] != last:
+                last, still = sent[0], time.monotonic()
+            elif time.monotonic() - still > 1.0:
+                break
+            time.sleep(0.05)
+        stalledAt = sent[0]
+        grown = status(pid, "VmHWM") - rssBefore
+        self.assertLess(stalledAt, 48 * MiB)
+        self.assertLess(grown, 32 * 1024)  # KiB
+        open(os.path.join(directory, "backend-stall.port.go"), "w").close()
+        sender.join(3 * DEADLINE)
+        self.assertFalse(sender.is_alive())
+        self.assertEqual(receiveExactly(sock, 9, 3 * DEADLINE), b"%d\n" % (64 * MiB))
+        print(
+            f"\nstalled backend: the client stalled after {stalledAt // MiB} MiB of 64;"
+            f" the daemon's peak RSS grew {grown // 1024} MiB"
+        )
+
+
 class BackendDownTests(ForwardTestMixin, SynchronousTestCase):
     """
     A backend that refuses connections, and one off loopback.
