@@ -42,9 +42,10 @@ LOADGEN = BENCH / "loadgen.py"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 65536
-IMPLS = ("mtlsd", "stunnel", "haproxy", "goproxy", "lean_relay")
+IMPLS = ("mtlsd", "mtls_endpoint", "stunnel", "haproxy", "goproxy", "lean_relay")
 TITLES = {
     "mtlsd": "mtlsd",
+    "mtls_endpoint": "mtls: endpoint",
     "stunnel": "stunnel",
     "haproxy": "HAProxy",
     "goproxy": "goproxy",
@@ -388,6 +389,16 @@ class Server:
                 "--reload-interval", "0",
                 *(["--workers", str(self.workers)] if self.workers > 1 else []),
             ]  # fmt: skip
+        if self.impl == "mtls_endpoint":
+            # What an embedder gets: an mtls: string in a plain twistd
+            # program, Twisted's own port forwarder.
+            twistd = venvTool("twistd") or "twistd"
+            return [
+                twistd, "-n", "--pidfile=", f"--logfile={self.logPath}", "portforward",
+                "--port", f"mtls:{self.port}:interface={HOST}:certKey={p.serverCert}"
+                f":privateKey={p.serverKey}:clientCerts={p.ca}:reloadInterval=0",
+                "--host", HOST, "--dest_port", str(self.backendPort),
+            ]  # fmt: skip
         if self.impl == "stunnel":
             cfg = self.work / f"stunnel-{self.label}.conf"
             cfg.write_text(
@@ -534,10 +545,17 @@ def measureMachineWide(server: Server, settings: Settings) -> dict[str, Any]:
     processes or threads) and four client processes share every CPU.
     """
     extra = ["--n", str(settings.handshakes * 2), "--procs", "4", "--data"]
+    before = cpuSeconds(server.pid)
     result = loadgen(server, settings, "handshakes", *extra, pin=[])
+    settle()
+    used = cpuSeconds(server.pid) - before
     if result["ok"] == 0:
         raise RuntimeError(errorNote(result["errors"]) or "no connection completed")
-    return {"cps": result["ok"] / result["wall"], "note": errorNote(result["errors"])}
+    return {
+        "cps": result["ok"] / result["wall"],
+        "us": used / result["ok"] * 1e6,
+        "note": errorNote(result["errors"]),
+    }
 
 
 def measureBulk(server: Server, settings: Settings) -> dict[str, Any]:
@@ -706,10 +724,10 @@ class Metric:
             text += " (" + "; ".join(extra) + ")"
         return text
 
-    def ratio(self, reference: str = "haproxy") -> str:
+    def ratio(self, reference: str = "haproxy", impl: str = "mtlsd") -> str:
         if not self.compare:
             return "—"
-        a, b = self.median("mtlsd"), self.median(reference)
+        a, b = self.median(impl), self.median(reference)
         if a is None or b is None or b == 0:
             return "n/a"
         return f"{a / b:.2f}"
@@ -818,6 +836,8 @@ def makeMetrics(settings: Settings) -> dict[str, Metric]:
             0,
         ),
         Metric("cps1", "The same, mtlsd --workers 1 ↑", 0, compare=False),
+        Metric("cpsCpu", "The same: server CPU µs per connection, all its processes ↓", 0),
+        Metric("cps1Cpu", "The same, mtlsd --workers 1 ↓", 0, compare=False),
     ]
     return {m.key: m for m in metrics}
 
@@ -1038,7 +1058,7 @@ def main() -> int:
                         record(
                             metrics,
                             impl,
-                            {"cps": key},
+                            {"cps": key, "us": f"{key}Cpu"},
                             partial(measureMachineWide, server, settings),
                         )
         for impl in available:
@@ -1075,13 +1095,14 @@ def main() -> int:
             + " | ".join(TITLES[i] for i in IMPLS)
             + " | "
             + " | ".join(f"mtlsd/{TITLES[r]}" for r in REFERENCES)
-            + " |",
-            "| --- " * (1 + len(IMPLS) + len(REFERENCES)) + "|",
+            + " | mtls: endpoint/HAProxy |",
+            "| --- " * (2 + len(IMPLS) + len(REFERENCES)) + "|",
         ]
         for m in metrics.values():
             cells = " | ".join(m.cell(i) for i in IMPLS)
             ratios = " | ".join(m.ratio(r) for r in REFERENCES)
-            lines.append(f"| {m.title} | {cells} | {ratios} |")
+            embedded = m.ratio("haproxy", "mtls_endpoint")
+            lines.append(f"| {m.title} | {cells} | {ratios} | {embedded} |")
         lines += [
             "",
             "Resumed / full handshake CPU, each server against itself: "
@@ -1091,6 +1112,15 @@ def main() -> int:
                 if (r := ownRatio(metrics["hsResumed"], metrics["hs"], i)) is not None
             ),
         ]
+        one, two = metrics["cps1Cpu"].median("mtlsd"), metrics["cpsCpu"].median("mtlsd")
+        if one and two:
+            # On 2 shared CPUs the load generator takes one of them: what two
+            # workers would give with both CPUs to themselves is the CPU one
+            # connection costs with one worker against with two.
+            lines.append(
+                "--workers 2 against 1 with the load generator elsewhere (estimate: 2 CPUs x"
+                f" server CPU per connection with 1 worker / with 2): {2 * one / two:.2f}x"
+            )
         print("\n".join(lines), flush=True)
         if args.json:
             raw = {
