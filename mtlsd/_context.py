@@ -135,6 +135,10 @@ class ServerContext:
         # retried from a buffer that may have moved; idle connections give
         # back their record buffers (about 34 KiB each).
         context.set_mode(_lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | _lib.SSL_MODE_RELEASE_BUFFERS)
+        # Resumption is by ticket alone (the ticket carries the session): no
+        # server-side cache holding a session, client certificate included,
+        # for every client of the last hours.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         store = context.get_cert_store()
         assert store is not None
         crlIssuers = {crl.issuer for crl in settings.usableCRLs}

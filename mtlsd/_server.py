@@ -182,23 +182,27 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     factory: _GateFactory
     wrappedProtocol: IProtocol | None  # type: ignore[assignment]
 
+    # Per-connection state starts as these class attributes: an instance
+    # holds only what its connection set (thousands are held at once).
+    _timeout: IDelayedCall | None = None
+    _timedOut = False
+    _admitted = False
+    _idle: IDelayedCall | None = None
+    _lifetime: IDelayedCall | None = None
+    _refusal: tuple[str, dict[str, object]] | None = None
+    _pending: Deferred[Verdict] | None = None
+    _lost = False
+    peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+    _peer: _Peer | None = None
+    _unixClient: str | None = None
+    _startedAt = 0.0
+    bytesIn = 0
+    bytesOut = 0
+
     def __init__(self, factory: _GateFactory, address: IAddress) -> None:
-        ProtocolWrapper.__init__(self, factory, None)  # type: ignore[arg-type]
+        self.factory = factory
+        self.wrappedProtocol = None
         self._address = address
-        self._timeout: IDelayedCall | None = None
-        self._timedOut = False
-        self._admitted = False
-        self._idle: IDelayedCall | None = None
-        self._lifetime: IDelayedCall | None = None
-        self._refusal: tuple[str, dict[str, object]] | None = None
-        self._pending: Deferred[Verdict] | None = None
-        self._lost = False
-        self.peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
-        self._peer: _Peer | None = None
-        self._unixClient: str | None = None
-        self._startedAt = 0.0
-        self.bytesIn = 0
-        self.bytesOut = 0
 
     @property
     def _client(self) -> str:

@@ -468,7 +468,6 @@ class _SocketTLS:
 class _TCPServer(_SocketTLS, tcp.Server):
     def __init__(self, sock: socket.socket, protocol: Any, *args: Any) -> None:
         super().__init__(sock, protocol, *args)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._startTLS(args[1].tlsListener)
 
 
