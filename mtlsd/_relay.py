@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -40,6 +41,31 @@ header), made from the inbound transport.
 """
 
 
+def writeNow(transport: ITransport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}; on a plain TCP or UNIX socket with nothing
+    queued, send it now, as far as the socket takes it, rather than at the
+    next reactor turn, where Twisted's socket transports write (a turn of
+    latency, and a writer added and removed, for every relayed piece).
+    """
+    if (
+        type(transport) in _PLAIN_SOCKETS
+        and transport.connected  # type: ignore[attr-defined]
+        and not (transport.disconnecting or transport._writeDisconnecting)  # type: ignore[attr-defined]
+        and not (transport.dataBuffer or transport._tempDataLen)  # type: ignore[attr-defined]
+        and not getattr(transport, "_sendmsgQueue", None)
+    ):
+        sent = transport.writeSomeData(data)  # type: ignore[attr-defined]
+        if isinstance(sent, int) and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+_PLAIN_SOCKETS = (tcp.Client, tcp.Server, unix.Client, unix.Server)
+
+
 @implementer(IHalfCloseableProtocol)
 class _Side(Protocol):
     """
@@ -53,7 +79,7 @@ class _Side(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.other is not None and self.other.transport is not None
-        self.other.transport.write(data)
+        writeNow(self.other.transport, data)
 
     def readConnectionLost(self) -> None:
         self.readClosed = True
