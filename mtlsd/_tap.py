@@ -6,6 +6,7 @@ The twistd plugin: C{twistd -n mtlsd [options]}, the daemon's services.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 from typing import Any, cast
@@ -33,6 +34,25 @@ __all__ = ["Options", "makeService"]  # Options: what twistd's ServiceMaker read
 log = Logger(namespace="mtlsd")
 
 
+def raiseDescriptorLimit() -> tuple[int, int]:
+    """
+    Raise this process's soft limit on open files to its hard limit, as Go
+    programs and HAProxy do at start: each connection takes a descriptor
+    (two with a backend), and the usual soft limit, 1,024, would refuse
+    clients long before memory runs out.
+
+    @return: the soft limit before and after.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, hard
+
+
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
     """
     Build the mtlsd service from parsed options.  Bad files end the process
@@ -43,6 +63,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
 
         reactor = globalReactor
     role = WorkerRole.fromEnvironment()
+    raiseDescriptorLimit()
     try:
         server = MtlsServer(serverConfiguration(options), cast(Any, reactor))
         app = appFactory(options, reactor)

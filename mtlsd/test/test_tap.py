@@ -427,3 +427,22 @@ _APP = __import__("twisted.internet.protocol", fromlist=["Factory"]).Factory()
 
 def appFactory():
     return _APP
+
+
+class DescriptorLimitTests(SynchronousTestCase):
+    def test_raisedToHardLimit(self) -> None:
+        """
+        The daemon raises its soft limit on open files to the hard one: the
+        usual 1,024 would refuse clients long before memory runs out.
+        """
+        import resource
+
+        from mtlsd._tap import raiseDescriptorLimit
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        low = min(256, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        self.assertEqual(raiseDescriptorLimit(), (low, hard))
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (hard, hard))
+        self.assertEqual(raiseDescriptorLimit(), (hard, hard))
