@@ -6,6 +6,7 @@ Turning OpenSSL's errors into the short reasons mtlsd logs and prints.
 from __future__ import annotations
 
 from OpenSSL import SSL
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.python.failure import Failure
 
 # OpenSSL's reason strings for bytes that are not a TLS record at all.
@@ -24,6 +25,7 @@ NO_CLIENT_CERTIFICATE = "no client certificate"
 NOT_TLS = "not TLS"
 HANDSHAKE_TIMEOUT = "handshake timeout"
 CLOSED_BEFORE_HANDSHAKE = "closed before handshake"
+INVALID_PROXY_HEADER = "invalid PROXY header"
 NOT_ALLOWED = "not allowed by policy"
 REVOKED = "revoked"
 NO_LONGER_TRUSTED = "no longer trusted"
@@ -66,6 +68,8 @@ def handshakeFailureReason(reason: Failure) -> str:
     when no certificate verification error was recorded for it.
     """
     texts = opensslReasons(reason.value)
+    if reason.check(InvalidProxyHeader):
+        return INVALID_PROXY_HEADER
     if not texts:
         return CLOSED_BEFORE_HANDSHAKE
     if "peer did not return a certificate" in texts:

@@ -209,14 +209,14 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         """
         The client's address as the logs give it: asked of the transport
         each time, because behind a C{haproxy:} endpoint it becomes the real
-        client's only once the PROXY header has been read.
+        client's only once the PROXY header has been read.  (A UNIX
+        socket's client is described once, at the start: its socket is gone
+        by the time a rejection is logged.)
         """
         if self.transport is None:
             return formatAddress(self._address)
         peer = self._tls.getPeer()
-        if isinstance(peer, UNIXAddress) and not peer.name:
-            if self._unixClient is None:
-                self._unixClient = unixClient(self._tls)
+        if isinstance(peer, UNIXAddress) and not peer.name and self._unixClient is not None:
             return self._unixClient
         return formatAddress(peer)
 
@@ -231,6 +231,9 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     def connectionMade(self) -> None:
         # The admission (the settings) OpenSSL will verify this client with.
         self._startedUnder = self.factory.context.admission
+        peer = self._tls.getPeer()
+        if isinstance(peer, UNIXAddress) and not peer.name:
+            self._unixClient = unixClient(self._tls)
         clock, limits = self.factory.clock, self.factory.limits
         self._startedAt = clock.seconds()
         self._host = getattr(self._address, "host", "") or ""

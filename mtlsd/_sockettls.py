@@ -246,7 +246,10 @@ class _SocketTLS:
                 return None
             self._proxyInfo = _parseHeader(self._header)
         except InvalidProxyHeader:
-            return main.CONNECTION_DONE  # as Twisted's PROXY wrapper closes
+            # Closed, as Twisted's PROXY wrapper closes, and logged.
+            self._failure = Failure(InvalidProxyHeader())
+            self.rawBytesIn = 1
+            return main.CONNECTION_DONE
         except OSError:
             return main.CONNECTION_LOST
         self._proxyPending = False

@@ -171,6 +171,22 @@ class _TransportTests(_Base):
         self.addCleanup(lambda: protocol.transport.abortConnection())
         return protocol
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """
+        Collect mtlsd's C{name} events from now on.
+        """
+        from twisted.logger import globalLogPublisher
+
+        found: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("mtlsdEvent") == name:
+                found.append(event)
+
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
+        return found
+
     def echoFactory(self) -> Any:
         factory: Any = Factory.forProtocol(Echo)
         factory.made = Deferred()
@@ -266,6 +282,29 @@ class _TransportTests(_Base):
         yield client.lost
         self.assertIsInstance(client.reason.value, SSLError)
         self.assertIn("unknown ca", str(client.reason.value))
+        self.assertFalse(factory.made.called)
+
+    @inlineCallbacks
+    def test_unixRejectionLogged(self) -> Any:
+        """
+        A client refused on a UNIX socket is logged as C{rejected}, named by
+        the socket and the client's process (its socket is closed by then).
+        """
+        rejected = self.events("rejected")
+        path = os.path.join(tempfile.mkdtemp(dir="."), "s")
+        factory = self.echoFactory()
+        yield self.listen(factory, UNIXServerEndpoint(reactor, path))
+        client = Client()
+        endpoint = wrapClientTLS(
+            clientContext(selfSigned("mallory"), [self.ca.certificate]),
+            UNIXClientEndpoint(reactor, path),
+        )
+        yield endpoint.connect(Factory.forProtocol(lambda: client))
+        yield client.lost
+        while not rejected:
+            yield deferLater(0)
+        self.assertEqual(rejected[0]["client"], f"unix:{path} pid={os.getpid()} uid={os.getuid()}")
+        self.assertEqual(rejected[0]["reason"], "self-signed certificate")
         self.assertFalse(factory.made.called)
 
     @inlineCallbacks
@@ -512,10 +551,14 @@ class SocketTransportTests(_TransportTests, TestCase):
         A connection that does not start with a PROXY header is closed
         before any TLS, and no application starts.
         """
+        rejected = self.events("rejected")
         factory, client = yield self.proxied(b"GET / HTTP/1.1\r\n\r\n")
         yield client.lost
         self.assertFalse(factory.made.called)
         self.assertEqual(client.data, b"")
+        while not rejected:
+            yield deferLater(0)
+        self.assertEqual(rejected[0]["reason"], "invalid PROXY header")
 
     @inlineCallbacks
     def test_foreignEndpointKeepsTwistedTLS(self) -> Any:
