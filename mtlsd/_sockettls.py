@@ -158,6 +158,7 @@ class _SocketTLS:
     _peerClosed = False
     _closing = False
     _readWantsWrite = False
+    _paused = False
     _lingering: IDelayedCall | None = None
     _failure: Failure | None = None
     _proxyInfo: ProxyInfo | None = None
@@ -215,8 +216,6 @@ class _SocketTLS:
     def doRead(self) -> Any:
         if self._lingering is not None:
             return self._discard()
-        if self._readWantsWrite:
-            return None  # OpenSSL waits to write first: doWrite reads again
         if not self._handshakeDone:
             if self._proxyPending:
                 return self._readProxyHeader()
@@ -302,7 +301,10 @@ class _SocketTLS:
         except WantReadError:
             pass
         except WantWriteError:
+            # OpenSSL must write first (an answer to a key update): no reading
+            # until the socket takes it (doWrite reads again).
             self._readWantsWrite = True
+            self.stopReading()  # type: ignore[attr-defined]
             self.startWriting()  # type: ignore[attr-defined]
         except ZeroReturnError:
             peerClosed = True
@@ -416,6 +418,8 @@ class _SocketTLS:
             self._readWantsWrite = False
             if not (self.dataBuffer or self._tempDataLen):
                 self.stopWriting()  # type: ignore[attr-defined]
+            if not self._paused:
+                self.startReading()  # type: ignore[attr-defined]
             return self._readRecords()
         if not self._handshakeDone:
             if self.disconnecting:
@@ -453,7 +457,12 @@ class _SocketTLS:
         self.startReading()  # type: ignore[attr-defined]
         return None
 
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.stopReading()  # type: ignore[attr-defined]
+
     def resumeProducing(self) -> None:
+        self._paused = False
         if self.connected and not self._peerClosed and self._lingering is None:
             self.startReading()  # type: ignore[attr-defined]
 
