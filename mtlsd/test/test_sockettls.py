@@ -210,6 +210,31 @@ class _TransportTests(_Base):
         self.assertIsInstance(app.transport.transport, self.transportClass)
 
     @inlineCallbacks
+    def test_severalRecordsPerRead(self) -> Any:
+        """
+        The records one read of the socket gives reach the application as
+        one piece, not one C{dataReceived} per 16 KiB record.
+        """
+        factory = self.echoFactory()
+        factory.protocol = Collector
+        port = yield self.listen(factory)
+        client = Client()
+        yield self.connect(port, client)
+        app = yield factory.made
+        app.wanted = 4 * MiB
+        sizes: list[int] = []
+        original = app.dataReceived
+
+        def recording(data: bytes) -> None:
+            sizes.append(len(data))
+            original(data)
+
+        app.dataReceived = recording
+        client.transport.write(os.urandom(4 * MiB))
+        yield app.gotAll
+        self.assertGreater(max(sizes), 2**14)
+
+    @inlineCallbacks
     def test_applicationSurface(self) -> Any:
         """
         The application's transport is an SSL transport with the client's
