@@ -10,10 +10,9 @@ on one side becomes a half-close on the other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import tcp, unix
-from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -22,10 +21,11 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer
+from zope.interface import implementer
 
 from ._address import formatAddress, noDelay
 from ._events import emit
@@ -141,13 +141,7 @@ class _Inbound(_Side):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        outbound = _Side()
-        outbound.other = self
-        factory = Factory.forProtocol(lambda: outbound)
-        directlyProvides(factory, IWritesInBulk)  # the tunnel's outbound side is TLS
-        factory.noisy = False
-        connecting = self.relay.connectOutbound(factory)
-        connecting.addCallbacks(self._connected, self._unavailable)
+        self.relay.connectOutbound(self)
 
     def _connected(self, outbound: IProtocol) -> None:
         assert isinstance(outbound, _Side) and outbound.transport is not None
@@ -180,6 +174,73 @@ class _Inbound(_Side):
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
+@implementer(IWritesInBulk)  # the tunnel's outbound side is TLS
+class _OutboundFactory(ClientFactory):
+    """
+    Builds the outbound side of one relayed connection.
+    """
+
+    noisy = False
+
+    def __init__(self, side: _Side) -> None:
+        self.side = side
+
+    def buildProtocol(self, addr: IAddress | None) -> _Side:
+        return self.side
+
+
+class _DirectOutbound(_OutboundFactory):
+    """
+    The same, connected without an endpoint: it tells the inbound side
+    itself when the connection is made or has failed.
+    """
+
+    def __init__(self, inbound: _Inbound) -> None:
+        super().__init__(_Connecting())
+        self.side.other = inbound
+        self.inbound = inbound
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self.inbound._unavailable(reason)
+
+
+class _Connecting(_Side):
+    """
+    An outbound side that reports its connection to its inbound side.
+    """
+
+    def connectionMade(self) -> None:
+        assert isinstance(self.other, _Inbound)
+        self.other._connected(self)
+
+
+def _directConnector(endpoint: IStreamClientEndpoint) -> Callable[[ClientFactory], object] | None:
+    """
+    For a TCP (IPv4 or a name) or UNIX client endpoint on a real reactor, a
+    function connecting a client factory as the endpoint would.
+    """
+    if isinstance(endpoint, TCP4ClientEndpoint):
+        tcpEndpoint = endpoint
+        if isinstance(tcpEndpoint._reactor, PosixReactorBase):
+            return lambda factory: tcpEndpoint._reactor.connectTCP(
+                tcpEndpoint._host,
+                tcpEndpoint._port,
+                factory,
+                timeout=tcpEndpoint._timeout,
+                bindAddress=tcpEndpoint._bindAddress,
+            )
+    if isinstance(endpoint, UNIXClientEndpoint):
+        unixEndpoint = endpoint
+        if isinstance(unixEndpoint._reactor, PosixReactorBase):
+            return lambda factory: unixEndpoint._reactor.connectUNIX(
+                unixEndpoint._path,
+                factory,
+                timeout=unixEndpoint._timeout,
+                checkPID=unixEndpoint._checkPID,
+            )
+    return None
+
+
 @implementer(IWritesInBulk)
 class RelayFactory(Factory):
     """
@@ -195,9 +256,22 @@ class RelayFactory(Factory):
         """
         self._outbound = outbound
         self._preamble = preamble
+        self._direct = _directConnector(outbound)
 
-    def connectOutbound(self, factory: Factory[Any]) -> Deferred[IProtocol]:
-        return self._outbound.connect(factory)
+    def connectOutbound(self, inbound: _Inbound) -> None:
+        """
+        Connect the outbound side of C{inbound}, which is told how it went
+        (C{_connected} or C{_unavailable}).  A TCP or UNIX endpoint on a real
+        reactor is connected as the endpoint would, without its wrapping
+        protocol (a layer on every byte from the backend) and Deferreds.
+        """
+        if self._direct is not None:
+            self._direct(_DirectOutbound(inbound))
+            return
+        outbound = _Side()
+        outbound.other = inbound
+        connecting = self._outbound.connect(_OutboundFactory(outbound))
+        connecting.addCallbacks(inbound._connected, inbound._unavailable)
 
     def preamble(self, transport: ITransport) -> bytes:
         return b"" if self._preamble is None else self._preamble(transport)

@@ -263,3 +263,77 @@ class RelayTests(TestCase):
         yield collector.done
         self.assertEqual(counters[0].count, len(payload))
         self.assertEqual(counters[0].digest.hexdigest(), hashlib.sha256(payload).hexdigest())
+
+
+class DirectConnectTests(TestCase):
+    """
+    A TCP backend on the real reactor is connected without the endpoint's
+    wrapping protocol; its failures are reported as the endpoint's were.
+    """
+
+    @inlineCallbacks
+    def relayTo(self, backendPort: int) -> Any:
+        built: list[Any] = []
+
+        class Recording(RelayFactory):
+            def buildProtocol(self, addr: Any) -> Any:
+                built.append(super().buildProtocol(addr))
+                return built[-1]
+
+        relay = Recording(TCP4ClientEndpoint(reactor, "127.0.0.1", backendPort))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(relay)
+        self.addCleanup(port.stopListening)
+        received: Deferred[bytes] = Deferred()
+        lost: Deferred[None] = Deferred()
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.callback(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                lost.callback(None)
+
+        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(Client)
+        )
+        self.addCleanup(client.transport.abortConnection)
+        return built, client, received, lost
+
+    @inlineCallbacks
+    def test_direct(self) -> Any:
+        """
+        The outbound side's transport is the TCP connection itself, and the
+        bytes go both ways.
+        """
+        from twisted.internet import tcp
+
+        class Echo(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(data)  # type: ignore[union-attr]
+
+        backend = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Echo)
+        )
+        self.addCleanup(backend.stopListening)
+        built, client, received, _ = yield self.relayTo(backend.getHost().port)
+        client.transport.write(b"ping")
+        self.assertEqual((yield received), b"ping")
+        outbound = built[0].other
+        self.assertIsInstance(outbound.transport, tcp.Client)
+        self.assertIs(outbound.transport.protocol, outbound)
+
+    @inlineCallbacks
+    def test_backendDown(self) -> Any:
+        """
+        A backend that refuses: the C{backend-unavailable} event, and the
+        client's connection is aborted.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        unused = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        down = unused.getHost().port
+        yield unused.stopListening()
+        _, client, _, lost = yield self.relayTo(down)
+        yield lost
+        unavailable = [e for e in events if e.get("mtlsdEvent") == "backend-unavailable"]
+        self.assertEqual(len(unavailable), 1)
+        self.assertIn("refused", unavailable[0]["error"])
