@@ -238,11 +238,10 @@ class _SocketTLS:
         try:
             length = _headerLength(self._header + peeked)
             # Until the length is known, every byte is the header's.
-            self._header += self.socket.recv(
-                len(peeked) if length is None else length - len(self._header)
-            )
-            if length is None:
-                return None
+            wanted = len(peeked) if length is None else length - len(self._header)
+            self._header += self.socket.recv(min(wanted, len(peeked)))
+            if length is None or len(self._header) < length:
+                return None  # the rest is still on its way
             self._proxyInfo = _parseHeader(self._header)
         except InvalidProxyHeader:
             # Closed, as Twisted's PROXY wrapper closes, and logged.

@@ -571,6 +571,48 @@ class SocketTransportTests(_TransportTests, TestCase):
         self.assertEqual(app.transport.getPeer().host, "198.51.100.9")
 
     @inlineCallbacks
+    def test_proxyHeaderInPieces(self) -> Any:
+        """
+        A PROXY v2 header that arrives in two pieces (the second after the
+        daemon read the first) is read whole before the TLS starts.
+        """
+        tlv = b"\x04" + struct.pack("!H", 200) + b"n" * 200  # a NOOP TLV
+        header = (
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11"
+            + struct.pack("!H", 12 + len(tlv))
+            + socket.inet_aton("198.51.100.10")
+            + socket.inet_aton("127.0.0.1")
+            + struct.pack("!HH", 51001, 443)
+            + tlv
+        )
+        factory = self.echoFactory()
+        port = yield self.listen(
+            factory, proxyEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        )
+        client = Client(2)
+        context = clientContext(self.alice, [self.ca.certificate])
+
+        class InPieces(Protocol):
+            transport: Any
+
+            def dataReceived(self, data: bytes) -> None:
+                client.dataReceived(data)
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol = yield endpoint.connect(Factory.forProtocol(InPieces))
+        self.addCleanup(protocol.transport.abortConnection)
+        protocol.transport.write(header[:40])
+        # Until the daemon has read the first piece.
+        while not any(gate.transport._header for gate in port.factory.protocols):
+            yield deferLater(0)
+        protocol.transport.write(header[40:])
+        protocol.transport.startTLS(context)
+        protocol.transport.write(b"hi")
+        app = yield factory.made
+        yield client.gotAll
+        self.assertEqual(app.transport.getPeer().host, "198.51.100.10")
+
+    @inlineCallbacks
     def test_invalidProxyHeaderCloses(self) -> Any:
         """
         A connection that does not start with a PROXY header is closed
