@@ -30,7 +30,7 @@ from ._policy import AllowPolicy
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, gateFactory
 from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
-from ._sockettls import TLSListener, socketListen
+from ._sockettls import TLSListener, memoryEndpoint, socketListen
 from ._tls import TLSFactory, applicationProtocols
 
 
@@ -232,7 +232,9 @@ class MtlsServerEndpoint:
         listener = TLSListener(
             self._context.socketConnection, applicationProtocols(protocolFactory)
         )
-        listening = socketListen(self._endpoint, gate, listener) or self._endpoint.listen(
+        listening = socketListen(self._endpoint, gate, listener) or memoryEndpoint(
+            self._endpoint
+        ).listen(
             TLSFactory(self._context, False, gate, clock=gate.clock, application=protocolFactory)
         )
         if not holding:

@@ -55,12 +55,13 @@ from twisted.internet.interfaces import (
     INegotiated,
     IProtocolFactory,
     ISSLTransport,
+    IStreamServerEndpoint,
 )
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import _representsEOF
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -549,6 +550,46 @@ def _port(endpoint: object, factory: IProtocolFactory, listener: TLSListener) ->
         return None
     port.tlsListener = listener
     return port
+
+
+class _ProxyHeaderCheck(HAProxyProtocolWrapper):
+    """
+    Twisted's PROXY wrapper, for an endpoint on Twisted's TLS layer: a
+    connection it closes for an invalid header is lost with
+    L{InvalidProxyHeader}, so that the gate logs why (as on mtlsd's own
+    transport), not a quiet close.
+    """
+
+    _invalid = False
+
+    def loseConnection(self) -> None:
+        # Twisted's wrapper closes this way only for a header it refused.
+        if self._proxyInfo is None:
+            self._invalid = True
+        super().loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._invalid:
+            reason = Failure(InvalidProxyHeader())
+        super().connectionLost(reason)
+
+
+class _ProxyHeaderCheckFactory(HAProxyWrappingFactory):
+    protocol = _ProxyHeaderCheck  # type: ignore[assignment]
+
+
+def memoryEndpoint(endpoint: IStreamServerEndpoint) -> IStreamServerEndpoint:
+    """
+    The endpoint to listen on with Twisted's TLS layer: C{endpoint}, or for
+    a C{haproxy:} one, the same with a PROXY wrapper that says why it
+    refused a connection.
+    """
+    if (
+        isinstance(endpoint, _WrapperServerEndpoint)
+        and endpoint._wrapperFactory is HAProxyWrappingFactory
+    ):
+        return _WrapperServerEndpoint(endpoint._wrappedEndpoint, _ProxyHeaderCheckFactory)
+    return endpoint
 
 
 def socketListen(

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolNegotiationFactory,
 )
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (  # _representsEOF: Twisted's test for a peer's EOF
     BufferingTLSTransport,
@@ -113,6 +114,10 @@ class TLSTransport(BufferingTLSTransport):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._transportLost = True
+        if reason.check(InvalidProxyHeader) and self._reason is None:
+            # Refused by the PROXY wrapper beneath (mtlsd._sockettls's
+            # check): the application's reason, before any TLS error.
+            self._reason = reason
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         super().connectionLost(reason)

@@ -386,6 +386,83 @@ class _TransportTests(_Base):
         self.assertEqual(client.size, total)
         self.assertEqual(client.data, app.expected)
 
+    @inlineCallbacks
+    def proxied(self, header: bytes) -> Any:
+        factory = self.echoFactory()
+        port = yield self.listen(
+            factory, proxyEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        )
+        client = Client(2)
+        context = clientContext(self.alice, [self.ca.certificate])
+
+        class HeaderFirst(Protocol):
+            transport: Any
+
+            def connectionMade(self) -> None:
+                self.transport.write(header)
+                self.transport.startTLS(context)
+                self.transport.write(b"hi")
+
+            def dataReceived(self, data: bytes) -> None:
+                client.dataReceived(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                client.reason = reason
+                client.lost.callback(None)
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol = yield endpoint.connect(Factory.forProtocol(HeaderFirst))
+        self.addCleanup(protocol.transport.abortConnection)
+        return factory, client
+
+    @inlineCallbacks
+    def test_proxyHeaderV1(self) -> Any:
+        """
+        Behind C{haproxy:}, the PROXY v1 header sent in the same segment as
+        the ClientHello is read, and not a byte past it: the application's
+        peer is the address in it.
+        """
+        factory, client = yield self.proxied(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+        app = yield factory.made
+        yield client.gotAll
+        self.assertEqual(client.data, b"hi")
+        self.assertEqual(
+            (app.transport.getPeer().host, app.transport.getPeer().port), ("192.0.2.7", 40000)
+        )
+        self.assertIsInstance(app.transport.transport, self.transportClass)
+
+    @inlineCallbacks
+    def test_proxyHeaderV2(self) -> Any:
+        """
+        The same for a PROXY v2 header.
+        """
+        header = (
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11"
+            + struct.pack("!H", 12)
+            + socket.inet_aton("198.51.100.9")
+            + socket.inet_aton("127.0.0.1")
+            + struct.pack("!HH", 51000, 443)
+        )
+        factory, client = yield self.proxied(header)
+        app = yield factory.made
+        yield client.gotAll
+        self.assertEqual(app.transport.getPeer().host, "198.51.100.9")
+
+    @inlineCallbacks
+    def test_invalidProxyHeaderCloses(self) -> Any:
+        """
+        A connection that does not start with a PROXY header is closed
+        before any TLS, and no application starts.
+        """
+        rejected = self.events("rejected")
+        factory, client = yield self.proxied(b"GET / HTTP/1.1\r\n\r\n")
+        yield client.lost
+        self.assertFalse(factory.made.called)
+        self.assertEqual(client.data, b"")
+        while not rejected:
+            yield deferLater(0)
+        self.assertEqual(rejected[0]["reason"], "invalid PROXY header")
+
 
 class Collector(Client):
     def connectionMade(self) -> None:
@@ -509,68 +586,6 @@ class SocketTransportTests(_TransportTests, TestCase):
         self.assertIsInstance(app.transport.transport, _SocketTLS)
 
     @inlineCallbacks
-    def proxied(self, header: bytes) -> Any:
-        factory = self.echoFactory()
-        port = yield self.listen(
-            factory, proxyEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        )
-        client = Client(2)
-        context = clientContext(self.alice, [self.ca.certificate])
-
-        class HeaderFirst(Protocol):
-            transport: Any
-
-            def connectionMade(self) -> None:
-                self.transport.write(header)
-                self.transport.startTLS(context)
-                self.transport.write(b"hi")
-
-            def dataReceived(self, data: bytes) -> None:
-                client.dataReceived(data)
-
-            def connectionLost(self, reason: Any = None) -> None:
-                client.reason = reason
-                client.lost.callback(None)
-
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        protocol = yield endpoint.connect(Factory.forProtocol(HeaderFirst))
-        self.addCleanup(protocol.transport.abortConnection)
-        return factory, client
-
-    @inlineCallbacks
-    def test_proxyHeaderV1(self) -> Any:
-        """
-        Behind C{haproxy:}, the PROXY v1 header sent in the same segment as
-        the ClientHello is read, and not a byte past it: the application's
-        peer is the address in it.
-        """
-        factory, client = yield self.proxied(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
-        app = yield factory.made
-        yield client.gotAll
-        self.assertEqual(client.data, b"hi")
-        self.assertEqual(
-            (app.transport.getPeer().host, app.transport.getPeer().port), ("192.0.2.7", 40000)
-        )
-        self.assertIsInstance(app.transport.transport, _SocketTLS)
-
-    @inlineCallbacks
-    def test_proxyHeaderV2(self) -> Any:
-        """
-        The same for a PROXY v2 header.
-        """
-        header = (
-            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11"
-            + struct.pack("!H", 12)
-            + socket.inet_aton("198.51.100.9")
-            + socket.inet_aton("127.0.0.1")
-            + struct.pack("!HH", 51000, 443)
-        )
-        factory, client = yield self.proxied(header)
-        app = yield factory.made
-        yield client.gotAll
-        self.assertEqual(app.transport.getPeer().host, "198.51.100.9")
-
-    @inlineCallbacks
     def test_proxyHeaderInPieces(self) -> Any:
         """
         A PROXY v2 header that arrives in two pieces (the second after the
@@ -611,21 +626,6 @@ class SocketTransportTests(_TransportTests, TestCase):
         app = yield factory.made
         yield client.gotAll
         self.assertEqual(app.transport.getPeer().host, "198.51.100.10")
-
-    @inlineCallbacks
-    def test_invalidProxyHeaderCloses(self) -> Any:
-        """
-        A connection that does not start with a PROXY header is closed
-        before any TLS, and no application starts.
-        """
-        rejected = self.events("rejected")
-        factory, client = yield self.proxied(b"GET / HTTP/1.1\r\n\r\n")
-        yield client.lost
-        self.assertFalse(factory.made.called)
-        self.assertEqual(client.data, b"")
-        while not rejected:
-            yield deferLater(0)
-        self.assertEqual(rejected[0]["reason"], "invalid PROXY header")
 
     @inlineCallbacks
     def test_foreignEndpointKeepsTwistedTLS(self) -> Any:
