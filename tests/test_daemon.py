@@ -372,6 +372,39 @@ class OpenSSLClientTests(DaemonTestMixin, SynchronousTestCase):
         self.assertEqual(readUntil(process.stdout.fileno(), b"ping\n"), b"ping\n")
         self.daemon.waitForLog(r"accepted 127\.0\.0\.1:\d+: CN=client sha256=")
 
+    def test_keyUpdate(self) -> None:
+        """
+        A TLS 1.3 client's key update asking for the daemon's (C{K} in
+        C{openssl s_client}) does not disturb the connection: data flows
+        both ways after it, on either TLS transport.
+        """
+        assert OPENSSL is not None
+        process = subprocess.Popen(
+            [OPENSSL, "s_client", "-connect", self.address, "-tls1_3"]
+            + ["-cert", "mtlsd-pki/client.crt", "-key", "mtlsd-pki/client.key"]
+            + ["-CAfile", "mtlsd-pki/ca.crt", "-verify_return_error"],
+            cwd=self.directory,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # where s_client says KEYUPDATE
+            env=environment(),
+        )
+        self.addCleanup(lambda: (process.kill(), process.wait(15), process.stdout.close()))
+        out = process.stdout.fileno()
+        process.stdin.write(b"before\n")
+        process.stdin.flush()
+        readUntil(out, b"before\n")
+        process.stdin.write(b"K\n")  # a key update, the peer's requested
+        process.stdin.flush()
+        readUntil(out, b"KEYUPDATE")
+        for _ in range(3):
+            process.stdin.write(b"after\n")
+            process.stdin.flush()
+            readUntil(out, b"after\n")
+        process.stdin.close()
+        self.daemon.waitForLog(r"closed 127\.0\.0\.1:\d+: CN=client in=25 out=25 ")
+        self.assertEqual(self.daemon.rejections(), [])
+
     def test_noClientCertificate(self) -> None:
         """
         C{openssl s_client} without a certificate fails, gets nothing back,
