@@ -30,6 +30,7 @@ from zope.interface import implementer
 from ._address import formatAddress, noDelay
 from ._events import emit
 from ._halfclose import closeWriting
+from ._sockettls import sendNow
 from ._tls import IWritesInBulk
 
 log = Logger(namespace="mtlsd")
@@ -43,24 +44,15 @@ header), made from the inbound transport.
 
 def writeNow(transport: ITransport, data: bytes) -> None:
     """
-    Write C{data} to C{transport}; on a plain TCP or UNIX socket with nothing
-    queued, send it now, as far as the socket takes it, rather than at the
-    next reactor turn, where Twisted's socket transports write (a turn of
-    latency, and a writer added and removed, for every relayed piece).
+    Write C{data} to C{transport}; a plain TCP or UNIX socket sends it now
+    when nothing is queued (L{sendNow}), rather than at the next reactor turn
+    (a turn of latency, and a writer added and removed, for every relayed
+    piece).
     """
-    if (
-        type(transport) in _PLAIN_SOCKETS
-        and transport.connected  # type: ignore[attr-defined]
-        and not (transport.disconnecting or transport._writeDisconnecting)  # type: ignore[attr-defined]
-        and not (transport.dataBuffer or transport._tempDataLen)  # type: ignore[attr-defined]
-        and not getattr(transport, "_sendmsgQueue", None)
-    ):
-        sent = transport.writeSomeData(data)  # type: ignore[attr-defined]
-        if isinstance(sent, int) and sent > 0:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
+    if type(transport) in _PLAIN_SOCKETS and not getattr(transport, "_sendmsgQueue", None):
+        sendNow(transport, data)  # type: ignore[arg-type]
+    else:
+        transport.write(data)
 
 
 _PLAIN_SOCKETS = (tcp.Client, tcp.Server, unix.Client, unix.Server)

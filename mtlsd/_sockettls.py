@@ -39,7 +39,7 @@ from OpenSSL.SSL import (
     WantWriteError,
     ZeroReturnError,
 )
-from twisted.internet import main, posixbase, tcp, unix
+from twisted.internet import abstract, main, posixbase, tcp, unix
 from twisted.internet.defer import Deferred, execute, fail
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
@@ -113,11 +113,11 @@ def _headerLength(header: bytes) -> int | None:
     @raise InvalidProxyHeader: if C{header} cannot begin one.
     """
     if header[:1] == V2Parser.PREFIX[:1]:
-        if not (header[:12] if len(header) >= 12 else V2Parser.PREFIX).startswith(header[:12]):
+        if not V2Parser.PREFIX.startswith(header[:12]):
             raise InvalidProxyHeader()
         if len(header) < 16:
             return None
-        if header[:12] != V2Parser.PREFIX or header[12] & 0xF0 != 0x20:
+        if header[12] & 0xF0 != 0x20:  # version 2
             raise InvalidProxyHeader()
         return 16 + int(struct.unpack("!H", header[14:16])[0])
     if not (header.startswith(V1Parser.PROXYSTR) or V1Parser.PROXYSTR.startswith(header)):
@@ -128,6 +128,28 @@ def _headerLength(header: bytes) -> int | None:
     if len(header) > 107:
         raise InvalidProxyHeader()
     return None
+
+
+def sendNow(descriptor: abstract.FileDescriptor, data: bytes) -> None:
+    """
+    Write C{data} to a socket transport: with nothing queued, send it now, as
+    far as the socket takes it (C{writeSomeData}: for mtlsd's TLS transport,
+    OpenSSL on the socket), rather than at the next reactor turn, where
+    Twisted's socket transports write; the rest is queued as Twisted queues
+    it.
+    """
+    if (
+        descriptor.connected
+        and not (descriptor.disconnecting or descriptor._writeDisconnecting)
+        and not (descriptor.dataBuffer or descriptor._tempDataLen)
+    ):
+        sent = descriptor.writeSomeData(data)
+        if isinstance(sent, int):
+            if sent == len(data):
+                return
+            data = data[sent:]
+        # else: the error comes again when the queue is written, and closes
+    abstract.FileDescriptor.write(descriptor, data)
 
 
 def _parseHeader(header: bytes) -> ProxyInfo:
@@ -372,26 +394,12 @@ class _SocketTLS:
     # Writing
 
     def write(self, data: bytes) -> None:
-        if not self.connected or self._closing or self._writeDisconnected:
-            return
-        if not data:
-            return
-        if self.dataBuffer or self._tempDataLen or not self._handshakeDone or self.disconnecting:
-            self._tempDataBuffer.append(data)
-            self._tempDataLen += len(data)
-            self._maybePauseProducer()  # type: ignore[attr-defined]
-            if self._handshakeDone:
-                self.startWriting()  # type: ignore[attr-defined]
-            return
-        # Out at once, as far as the socket takes it.
-        sent = self.writeSomeData(data)
-        if isinstance(sent, Exception):
-            sent = 0  # the error comes again at the next write, and closes
-        if sent < len(data):
-            self._tempDataBuffer.append(data[sent:])
-            self._tempDataLen += len(data) - sent
-            self._maybePauseProducer()  # type: ignore[attr-defined]
-            self.startWriting()  # type: ignore[attr-defined]
+        if self._closing:
+            return  # close_notify is sent: TLS takes no more data
+        if self._handshakeDone:
+            sendNow(self, data)  # type: ignore[arg-type]
+        else:
+            abstract.FileDescriptor.write(self, data)  # type: ignore[arg-type]
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))

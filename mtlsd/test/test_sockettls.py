@@ -790,3 +790,22 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.assertEqual((V1Parser.PROXYSTR, V1Parser.NEWLINE), (b"PROXY", b"\r\n"))
         self.assertEqual(len(V2Parser.PREFIX), 12)
         self.assertEqual(V1Parser.parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2").source.host, "1.2.3.4")  # type: ignore[union-attr]
+
+
+class ContextModeTests(SynchronousTestCase):
+    def test_modes(self) -> None:
+        """
+        The server's OpenSSL context accepts a write retried from a moved
+        buffer (mtlsd's transport retries from Twisted's queue), gives back
+        idle connections' record buffers, and keeps no session cache (a
+        ticket carries the session).
+        """
+        from OpenSSL import SSL
+        from OpenSSL._util import lib
+
+        context = serverContext(CertificateAuthority().server(), [selfSigned("a").certificate])
+        ssl = context._options.getContext()
+        modes = ssl.set_mode(0)  # OpenSSL answers the modes in force
+        self.assertTrue(modes & lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        self.assertTrue(modes & lib.SSL_MODE_RELEASE_BUFFERS)
+        self.assertEqual(ssl.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
