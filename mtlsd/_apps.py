@@ -1,7 +1,8 @@
 # -*- test-case-name: mtlsd.test.test_tap -*-
 """
 The application the daemon runs for each admitted client: the echo, the
-user's own factory (C{--app}), or the relay to a backend (C{--forward}).
+user's own factory (C{--app}), the relay to a backend (C{--forward}), or
+HTTP forwarding with the client's identity in headers (C{--forward-http}).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import _parse, clientFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
 from twisted.python.reflect import namedAny
 
 from ._errors import ConfigurationError
+from ._http import HTTPForwardFactory
+from ._httpidentity import HTTPIdentity
 from ._proxyheader import headerMaker
 from ._relay import RelayFactory
 
@@ -28,6 +31,16 @@ def appFactory(options: Any, reactor: Any) -> IProtocolFactory:
     @raise ConfigurationError: for an app that cannot be loaded or a
         backend that cannot be described.
     """
+    if options["forward-http"]:
+        description = options["forward-http"]
+        try:
+            backend = clientFromString(reactor, description)
+        except Exception as e:
+            raise ConfigurationError(f"--forward-http {description}: {e}") from None
+        identity = HTTPIdentity.fromOptions(
+            options["client-cert-header"], options["identity-header"]
+        )
+        return HTTPForwardFactory(backend, identity, _hostOf(description), reactor)
     if options["forward"]:
         try:
             backend = clientFromString(reactor, options["forward"])
@@ -48,6 +61,20 @@ def appFactory(options: Any, reactor: Any) -> IProtocolFactory:
     if not IProtocolFactory.providedBy(factory):
         raise ConfigurationError(f"--app {name} did not return an IProtocolFactory.")
     return factory
+
+
+def _hostOf(description: str) -> bytes:
+    """
+    The C{Host} of a backend endpoint (C{127.0.0.1:8080}; C{localhost} for a
+    UNIX socket), for the requests of clients that send none (HTTP/1.0).
+    """
+    args, kwargs = _parse(description)
+    host = kwargs.get("host", args[1] if len(args) > 1 else "")
+    port = kwargs.get("port", args[2] if len(args) > 2 else "")
+    if not host or not args or args[0].lower() not in ("tcp", "tcp6", "tls"):
+        return b"localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}".encode("idna") if port else host.encode("idna")
 
 
 def _importAppModule(name: str) -> None:

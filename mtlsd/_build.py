@@ -31,7 +31,7 @@ from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, gateFactory
 from ._settings import DEFAULT_VERIFY_DEPTH, ServerTLSSettings
 from ._sockettls import TLSListener, memoryEndpoint, socketListen
-from ._tls import TLSFactory, applicationProtocols
+from ._tls import TLSFactory, applicationProtocols, notTLSAnswer
 
 
 def _paths(value: Sequence[Path]) -> tuple[Path, ...]:
@@ -230,7 +230,9 @@ class MtlsServerEndpoint:
         holding = self._holdReloader()
         gate = gateFactory(self._context, protocolFactory, self._limits, self._clock, self._quiet)
         listener = TLSListener(
-            self._context.socketConnection, applicationProtocols(protocolFactory)
+            self._context.socketConnection,
+            applicationProtocols(protocolFactory),
+            notTLSAnswer=notTLSAnswer(protocolFactory),
         )
         listening = socketListen(self._endpoint, gate, listener) or memoryEndpoint(
             self._endpoint

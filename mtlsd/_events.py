@@ -45,6 +45,9 @@ JSON_NAMES: Mapping[str, str] = {
     "cut": "cut",
     "why": "why",
     "delay": "delay",
+    "method": "method",
+    "status": "status",
+    "headers": "headers",
 }
 
 
@@ -236,6 +239,33 @@ EVENTS: Mapping[str, Event] = {
                     "mtlsd_backend_connect_failures",
                     "counter",
                     "Backend connections that failed.",
+                ),
+            ),
+        ),
+        Event(
+            "http-request",
+            LogLevel.info,
+            "{client} CN={commonName}: {method} {path} {status}",
+            ("client", "commonName", "method", "path", "status", "duration"),
+            (
+                Metric(
+                    "mtlsd_http_requests",
+                    "counter",
+                    "HTTP requests forwarded (--forward-http), by response status.",
+                    labels=(("code", "status"),),
+                ),
+            ),
+        ),
+        Event(
+            "forged-headers",
+            LogLevel.warn,
+            "removed identity headers sent by {client} (CN={commonName}): {headers}",
+            ("client", "commonName", "headers"),
+            (
+                Metric(
+                    "mtlsd_http_forged_headers",
+                    "counter",
+                    "Connections whose client sent headers that only mtlsd may set.",
                 ),
             ),
         ),

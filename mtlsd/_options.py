@@ -24,6 +24,7 @@ from twisted.python import usage
 from ._build import ServerConfiguration
 from ._config import configArguments, mergeArguments, repeatableOptions
 from ._errors import ConfigurationError
+from ._httpidentity import HTTPIdentity
 from ._logging import FORMATS, jsonLinesObserver
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._policy import ALLOW_KINDS, AllowKind, AllowPolicy
@@ -117,6 +118,20 @@ class Options(usage.Options):
             None,
             "Relay each authenticated connection to this plaintext backend, a client endpoint"
             " (tcp:127.0.0.1:8080, unix:/run/app.sock).",
+        ],
+        [
+            "forward-http",
+            None,
+            None,
+            "Forward each authenticated client's HTTP/1.1 requests to this plaintext backend"
+            " (a client endpoint), with its certificate in Client-Cert headers (RFC 9440).",
+        ],
+        [
+            "client-cert-header",
+            None,
+            None,
+            "With --forward-http, xfcc: set Envoy's X-Forwarded-Client-Cert too"
+            " (default rfc9440: Client-Cert and Client-Cert-Chain only).",
         ],
         [
             "proxy-protocol",
@@ -232,7 +247,7 @@ class Options(usage.Options):
         [
             "unsafe-backend",
             None,
-            "Allow a --forward backend that is not on loopback or a UNIX socket.",
+            "Allow a --forward or --forward-http backend that is not on loopback or a UNIX socket.",
         ],
     ]
 
@@ -288,6 +303,13 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    def opt_identity_header(self, entry: str) -> None:
+        """
+        With --forward-http, NAME=FIELD: set header NAME to a field of the client's identity:
+        cn, subject, issuer, serial, fingerprint, spki, uri, dns, email or not-after (repeatable).
+        """
+        self["identity-header"].append(entry)
+
     def opt_crl(self, path: str) -> None:
         """
         Certificate revocation list, PEM or DER (repeatable).
@@ -303,16 +325,27 @@ class Options(usage.Options):
         return AllowPolicy(**{kind.attribute: self[kind.option] for kind in ALLOW_KINDS})
 
     def postOptions(self) -> None:
-        if self["app"] and self["forward"]:
-            raise usage.UsageError("--app and --forward cannot be used together.")
+        modes = [f"--{name}" for name in ("app", "forward", "forward-http") if self[name]]
+        if len(modes) > 1:
+            raise usage.UsageError(f"{' and '.join(modes)} cannot be used together.")
+        if (self["client-cert-header"] or self["identity-header"]) and not self["forward-http"]:
+            raise usage.UsageError(
+                "--client-cert-header and --identity-header go with --forward-http."
+            )
+        if self["forward-http"]:
+            try:
+                HTTPIdentity.fromOptions(self["client-cert-header"], self["identity-header"])
+            except ConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
         if self["proxy-protocol"] and not self["forward"]:
             raise usage.UsageError("--proxy-protocol goes with --forward.")
         if self["proxy-protocol"] not in (None, *PROXY_VERSIONS):
             raise usage.UsageError(
                 f"--proxy-protocol must be v1, v2 or v2-full, not {self['proxy-protocol']!r}."
             )
-        if self["forward"] and not self["unsafe-backend"]:
-            _checkBackend(self["forward"])
+        for mode in ("forward", "forward-http"):
+            if self[mode] and not self["unsafe-backend"]:
+                _checkBackend(self[mode], mode)
         if self["log-format"] not in FORMATS:
             raise usage.UsageError(
                 f"--log-format must be text or json, not {self['log-format']!r}."
@@ -388,6 +421,7 @@ _REPEATABLE = (
     "client-ca",
     "listen",
     "crl",
+    "identity-header",
     *(kind.option for kind in ALLOW_KINDS),
 )
 
@@ -408,7 +442,7 @@ for _kind in ALLOW_KINDS:  # the --allow-* options
     setattr(Options, "opt_" + _kind.option.replace("-", "_"), _appender(_kind))
 
 
-def _checkBackend(description: str) -> None:
+def _checkBackend(description: str, option: str = "forward") -> None:
     """
     Refuse a backend that plaintext would reach across a network: only
     loopback addresses and UNIX sockets are allowed without
@@ -420,12 +454,12 @@ def _checkBackend(description: str) -> None:
         host, _, port = description.rpartition(":")
         suggestion = f"tcp:{quoteStringArgument(host.strip('[]'))}:{port}"
         raise usage.UsageError(
-            f"--forward {description} is not an endpoint description; did you mean {suggestion}?"
+            f"--{option} {description} is not an endpoint description; did you mean {suggestion}?"
         )
     try:
         args, kwargs = _parse(description)
     except Exception as e:
-        raise usage.UsageError(f"--forward {description}: {e}") from None
+        raise usage.UsageError(f"--{option} {description}: {e}") from None
     kind = args[0].lower() if args else ""
     if kind == "unix":
         return
@@ -436,7 +470,7 @@ def _checkBackend(description: str) -> None:
         local = kind in ("tcp", "tcp6") and host == "localhost"
     if not local:
         raise usage.UsageError(
-            f"--forward {description}: the backend is not on loopback or a UNIX socket, so"
+            f"--{option} {description}: the backend is not on loopback or a UNIX socket, so"
             " plaintext would leave this host; give --unsafe-backend if that is intended."
         )
 

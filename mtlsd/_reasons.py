@@ -62,6 +62,15 @@ def opensslReasons(error: BaseException | None) -> list[str]:
     return [str(entry[-1]) for entry in details if isinstance(entry, tuple)]
 
 
+def isPlainHTTP(error: BaseException | None) -> bool:
+    """
+    Whether OpenSSL failed a server's handshake because the client sent a
+    plain HTTP request (C{GET}, C{POST}, C{HEAD}, C{PUT} or C{CONNECT}):
+    OpenSSL then sends no alert, so an HTTP answer can go back instead.
+    """
+    return bool({"http request", "https proxy request"}.intersection(opensslReasons(error)))
+
+
 def handshakeFailureReason(reason: Failure) -> str:
     """
     The reason a server-side handshake failed, for the C{rejected} event,

@@ -166,44 +166,36 @@ class _Inbound(_Side):
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-@implementer(IWritesInBulk)  # the tunnel's outbound side is TLS
-class _OutboundFactory(ClientFactory):
+class _Outbound(_Side):
     """
-    Builds the outbound side of one relayed connection.
-    """
-
-    noisy = False
-
-    def __init__(self, side: _Side) -> None:
-        self.side = side
-
-    def buildProtocol(self, addr: IAddress | None) -> _Side:
-        return self.side
-
-
-class _DirectOutbound(_OutboundFactory):
-    """
-    The same, connected without an endpoint: it tells the inbound side
-    itself when the connection is made or has failed.
+    The outbound side, which tells the inbound side when it is connected.
     """
 
     def __init__(self, inbound: _Inbound) -> None:
-        super().__init__(_Connecting())
-        self.side.other = inbound
-        self.inbound = inbound
-
-    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        self.inbound._unavailable(reason)
-
-
-class _Connecting(_Side):
-    """
-    An outbound side that reports its connection to its inbound side.
-    """
+        self.other = inbound
 
     def connectionMade(self) -> None:
         assert isinstance(self.other, _Inbound)
         self.other._connected(self)
+
+
+@implementer(IWritesInBulk)  # the tunnel's outbound side is TLS
+class _OutboundFactory(ClientFactory):
+    """
+    Builds the protocol of one outbound connection.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], IProtocol], failed: Callable[[Failure], None]) -> None:
+        self._build = build
+        self._failed = failed
+
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
+        return self._build()
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self._failed(reason)
 
 
 def _directConnector(endpoint: IStreamClientEndpoint) -> Callable[[ClientFactory], object] | None:
@@ -233,6 +225,33 @@ def _directConnector(endpoint: IStreamClientEndpoint) -> Callable[[ClientFactory
     return None
 
 
+class OutboundConnector:
+    """
+    Connects protocols to a backend, for the relay and the HTTP mode.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        """
+        @param endpoint: the backend.
+        """
+        self._endpoint = endpoint
+        self._direct = _directConnector(endpoint)
+
+    def connect(self, build: Callable[[], IProtocol], failed: Callable[[Failure], None]) -> None:
+        """
+        Connect a protocol C{build} makes (its C{connectionMade} says it is
+        connected), or call C{failed} with why it could not be.  A TCP or
+        UNIX endpoint on a real reactor is connected as the endpoint would,
+        without its wrapping protocol (a layer on every byte from the
+        backend) and Deferreds.
+        """
+        factory = _OutboundFactory(build, failed)
+        if self._direct is not None:
+            self._direct(factory)
+        else:
+            self._endpoint.connect(factory).addErrback(failed)
+
+
 @implementer(IWritesInBulk)
 class RelayFactory(Factory):
     """
@@ -246,24 +265,15 @@ class RelayFactory(Factory):
         @param outbound: where each connection is relayed to.
         @param preamble: makes the bytes sent first to C{outbound}.
         """
-        self._outbound = outbound
+        self._connector = OutboundConnector(outbound)
         self._preamble = preamble
-        self._direct = _directConnector(outbound)
 
     def connectOutbound(self, inbound: _Inbound) -> None:
         """
         Connect the outbound side of C{inbound}, which is told how it went
-        (C{_connected} or C{_unavailable}).  A TCP or UNIX endpoint on a real
-        reactor is connected as the endpoint would, without its wrapping
-        protocol (a layer on every byte from the backend) and Deferreds.
+        (C{_connected} or C{_unavailable}).
         """
-        if self._direct is not None:
-            self._direct(_DirectOutbound(inbound))
-            return
-        outbound = _Side()
-        outbound.other = inbound
-        connecting = self._outbound.connect(_OutboundFactory(outbound))
-        connecting.addCallbacks(inbound._connected, inbound._unavailable)
+        self._connector.connect(lambda: _Outbound(inbound), inbound._unavailable)
 
     def preamble(self, transport: ITransport) -> bytes:
         return b"" if self._preamble is None else self._preamble(transport)

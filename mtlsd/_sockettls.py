@@ -66,6 +66,7 @@ from twisted.protocols.tls import _representsEOF
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._reasons import isPlainHTTP
 from ._tls import LINGER, RECORD
 
 TRANSPORT_VARIABLE = "MTLSD_TLS_TRANSPORT"
@@ -92,6 +93,7 @@ class TLSListener:
         connectionFor: Callable[[socket.socket, object], Connection],
         applicationProtocols: Callable[[], list[bytes]],
         proxyHeader: bool = False,
+        notTLSAnswer: bytes | None = None,
     ) -> None:
         """
         @param connectionFor: makes the OpenSSL connection of an accepted
@@ -99,10 +101,13 @@ class TLSListener:
         @param applicationProtocols: the application's ALPN protocols.
         @param proxyHeader: whether each connection starts with a PROXY
             header (a C{haproxy:} listener).
+        @param notTLSAnswer: what a client that sends a plain HTTP request
+            is answered (see L{mtlsd._tls.notTLSAnswer}).
         """
         self.connectionFor = connectionFor
         self.applicationProtocols = applicationProtocols
         self.proxyHeader = proxyHeader
+        self.notTLSAnswer = notTLSAnswer
 
 
 def _headerLength(header: bytes) -> int | None:
@@ -382,6 +387,9 @@ class _SocketTLS:
         self._failure = Failure(reason)
         self.stopWriting()  # type: ignore[attr-defined]
         try:
+            answer = self._listener.notTLSAnswer
+            if answer is not None and isPlainHTTP(reason):
+                self.socket.send(answer)  # a few hundred bytes: the buffer takes them
             self.socket.shutdown(socket.SHUT_WR)
         except OSError:
             return main.CONNECTION_LOST
@@ -622,7 +630,9 @@ def socketListen(
         and endpoint._wrapperFactory is HAProxyWrappingFactory
     ):
         endpoint = endpoint._wrappedEndpoint
-        listener = TLSListener(listener.connectionFor, listener.applicationProtocols, True)
+        listener = TLSListener(
+            listener.connectionFor, listener.applicationProtocols, True, listener.notTLSAnswer
+        )
     try:
         port = _port(endpoint, factory, listener)
         if port is None:

@@ -27,6 +27,8 @@ from twisted.protocols.tls import (  # _representsEOF: Twisted's test for a peer
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from ._reasons import isPlainHTTP
+
 RECORD = 2**14  # the most plaintext one TLS record carries
 SEND_CHUNK = 2**17
 LINGER = 1.0  # seconds a server reads and discards after a fatal alert
@@ -106,6 +108,9 @@ class TLSTransport(BufferingTLSTransport):
             self._reason = reason
         self._lostTLSConnection = True
         self._flushSendBIO()
+        answer = cast(TLSFactory, self.factory).notTLSAnswer
+        if answer is not None and isPlainHTTP(reason.value):
+            self.transport.write(answer)  # type: ignore[union-attr]
         halfClose()
         self._lingering = self.factory._clock.callLater(
             LINGER,
@@ -226,6 +231,18 @@ class TLSFactory(TLSMemoryBIOFactory):
         self.isClient = isClient
         self.writesInBulk = IWritesInBulk.providedBy(application)
         self.applicationProtocols = applicationProtocols(application)
+        self.notTLSAnswer = notTLSAnswer(application)
+
+
+def notTLSAnswer(application: object) -> bytes | None:
+    """
+    @return: what an application's protocol factory has a client answered
+        when it sends a plain HTTP request instead of a TLS handshake (its
+        C{notTLSAnswer}: an HTTP error saying this port wants HTTPS), if
+        anything.
+    """
+    answer = getattr(application, "notTLSAnswer", None)
+    return answer if isinstance(answer, bytes) else None
 
 
 def applicationProtocols(application: object) -> Callable[[], list[bytes]]:
