@@ -137,7 +137,7 @@ class _Reads:
         self.resume("backend")
 
     def stopProducing(self) -> None:
-        self._transport.loseConnection()
+        pass  # the backend's connection is lost: the client side hears of it itself
 
 
 @implementer(IHalfCloseableProtocol)
@@ -274,6 +274,10 @@ class _Client(Protocol):
         self._startedAt = self.factory.clock.seconds()
         self._status = 0
         raw = request.headers.raw_items()
+        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in raw) > MAX_HEAD:
+            # h11 bounds a head still arriving; this one came whole.
+            self._refuse(431)
+            return
         lowered = [(name.lower(), value) for name, value in raw]
         upgrade = b"upgrade" in _connectionTokens(lowered) and any(
             name == b"upgrade" for name, _ in lowered
@@ -284,7 +288,7 @@ class _Client(Protocol):
         headers: list[Header] = []
         for (name, value), (lower, _) in zip(raw, lowered, strict=True):
             if headerName(lower) in stripped:
-                forged.append(name.decode("ascii", "replace"))
+                forged.append(lower.decode("ascii", "replace"))
             elif lower not in dropped:
                 headers.append((name, value))
         if forged and not self._warned:
@@ -294,7 +298,7 @@ class _Client(Protocol):
                 "forged-headers",
                 client=self._clientText,
                 commonName=self._commonName,
-                headers=", ".join(sorted(set(forged), key=str.lower)),
+                headers=", ".join(sorted(set(forged))),
             )
         if not any(name == b"host" for name, _ in lowered):
             headers.append((b"Host", self.factory.backendHost))  # an HTTP/1.0 client's request
