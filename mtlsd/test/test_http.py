@@ -17,12 +17,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import provider
 
 from mtlsd import ClientTLSSettings, ConnectionLimits, MtlsServerEndpoint
 from mtlsd._http import MAX_HEAD, HTTPForwardFactory
@@ -154,7 +155,9 @@ def backendHeads(received: list[bytes]) -> list[list[tuple[bytes, bytes]]]:
         lines = head.split(b"\r\n")
         if not re.match(rb"[A-Z]+ \S+ HTTP/1\.1$", lines[0]):
             continue  # a body
-        heads.append([tuple(line.split(b": ", 1)) for line in lines[1:]])  # type: ignore[misc]
+        heads.append(
+            [(name, value) for name, _, value in (line.partition(b": ") for line in lines[1:])]
+        )
     return heads
 
 
@@ -175,10 +178,10 @@ class HTTPForwardingTests(TestCase):
 
     @inlineCallbacks
     def webBackend(self) -> Any:
-        site = Site(HeaderEcho())
-        site.protocol = RecordingChannel  # type: ignore[assignment]
-        site.received = []  # type: ignore[attr-defined]
-        site.connections = 0  # type: ignore[attr-defined]
+        site: Any = Site(HeaderEcho())
+        site.protocol = RecordingChannel
+        site.received = []
+        site.connections = 0
         self.site = site
         port = yield self.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site)
         return port
@@ -228,7 +231,7 @@ class HTTPForwardingTests(TestCase):
         yield settings.endpoint(reactor, "127.0.0.1", self.port, "localhost").connect(
             Factory.forProtocol(lambda: raw)
         )
-        self.addCleanup(lambda: raw.done.called or raw.transport.abortConnection())
+        self.addCleanup(lambda: raw.done.called or raw.transport.abortConnection())  # type: ignore[union-attr]
         return raw
 
     def named(self, name: str) -> list[dict[str, Any]]:
@@ -240,7 +243,8 @@ class HTTPForwardingTests(TestCase):
         """
         waiting: Deferred[dict[str, Any]] = Deferred()
 
-        def observe(event: dict[str, Any]) -> None:
+        @provider(ILogObserver)
+        def observe(event: Any) -> None:
             if event.get("mtlsdEvent") == name and not waiting.called:
                 waiting.callback(event)
 
@@ -248,7 +252,7 @@ class HTTPForwardingTests(TestCase):
             observe(event)
         if not waiting.called:
             globalLogPublisher.addObserver(observe)
-            waiting.addBoth(lambda result: (globalLogPublisher.removeObserver(observe), result)[1])
+            self.addCleanup(globalLogPublisher.removeObserver, observe)
         return waiting
 
     @inlineCallbacks
@@ -357,7 +361,7 @@ class HTTPForwardingTests(TestCase):
             client.transport.write(b"GET /%d HTTP/1.1\r\nHost: svc\r\n\r\n" % i)
             yield client.waitFor(rb'"path": "/%d"' % i)
         self.assertEqual(len(answers(client.received)), 100)
-        self.assertEqual(self.site.connections, 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.site.connections, 1)
 
     @inlineCallbacks
     def test_pipelined(self) -> Any:
@@ -488,7 +492,7 @@ class HTTPForwardingTests(TestCase):
         )
         yield client.done
         self.assertTrue(client.received.startswith(b"HTTP/1.1 431 "), client.received[:60])
-        self.assertEqual(self.site.received, [])  # type: ignore[attr-defined]
+        self.assertEqual(self.site.received, [])
 
     @inlineCallbacks
     def test_malformed(self) -> Any:
