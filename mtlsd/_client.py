@@ -38,6 +38,7 @@ from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromC
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import classImplements, implementer
 
 from ._errors import ConfigurationError
@@ -150,6 +151,40 @@ class ClientTLSSettings:
             HostnameEndpoint(reactor, host, port),
             cast(IReactorTime, reactor),
         )
+
+    def policyForHTTPS(self, serverName: str | None = None) -> IPolicyForHTTPS:
+        """
+        For twisted.web's C{Agent} (and treq, given such an agent): HTTPS
+        connections that present this client certificate and verify the
+        server's chain and name, as L{endpoint} does.
+
+            agent = Agent(reactor, contextFactory=settings.policyForHTTPS())
+
+        @param serverName: the name to verify on every server's certificate
+            (default: the host of each URL).
+        """
+        return _HTTPSPolicy(self, serverName)
+
+
+@implementer(IPolicyForHTTPS)
+class _HTTPSPolicy:
+    """
+    One L{ClientContext} per server name, made at its first request (a
+    context is costly to make, and keeps the sessions a later connection
+    resumes).
+    """
+
+    def __init__(self, settings: ClientTLSSettings, serverName: str | None) -> None:
+        self._settings = settings
+        self._serverName = serverName
+        self._contexts: dict[str, ClientContext] = {}
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> ClientContext:
+        name = self._serverName or hostname.decode("ascii")
+        context = self._contexts.get(name)
+        if context is None:
+            context = self._contexts[name] = self._settings.connectionCreator(name)
+        return context
 
 
 def _checkName(certificate: x509.Certificate, hostname: str) -> None:

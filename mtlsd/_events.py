@@ -269,6 +269,19 @@ EVENTS: Mapping[str, Event] = {
                 ),
             ),
         ),
+        Event(
+            "forbidden",
+            LogLevel.info,
+            "forbidden {client}: CN={commonName}: {method} {path}",
+            ("client", "commonName", "method", "path"),
+            (
+                Metric(
+                    "mtlsd_web_forbidden",
+                    "counter",
+                    "twisted.web requests refused by mtlsd.web.requireIdentity.",
+                ),
+            ),
+        ),
         Event("outbound-lost", LogLevel.info, "outbound connection lost: {error}", ("error",)),
         Event(
             "proxy-header-error",

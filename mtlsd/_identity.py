@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL.crypto import X509
 from twisted.internet.interfaces import ISSLTransport
+from twisted.web.iweb import IRequest
 
 
 @frozen
@@ -92,15 +93,33 @@ def identityFromCertificate(certificate: x509.Certificate) -> PeerIdentity:
     )
 
 
+def _transportOf(request: object) -> object:
+    """
+    The TLS transport under a twisted.web request: its channel's transport
+    for HTTP/1.1; for HTTP/2, the transport of the stream's connection
+    (twisted.web's H2 streams have no transport of their own: Twisted
+    ticket 9270).
+    """
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if transport is None:
+        transport = getattr(getattr(channel, "_conn", None), "transport", None)
+    return transport
+
+
 def peerIdentity(transport: object) -> PeerIdentity:
     """
-    The identity of the peer of a TLS transport whose handshake completed:
-    the transport an mtlsd app protocol is given, or any Twisted TLS
-    transport.
+    The identity of the peer of a TLS transport whose handshake completed
+    (the transport an mtlsd app protocol is given, or any Twisted TLS
+    transport), or of the client of a twisted.web request served over one,
+    by HTTP/1.1 or HTTP/2.
 
-    @raise ValueError: if the transport has no peer certificate (not TLS,
+    @param transport: the transport, or a twisted.web request.
+    @raise ValueError: if there is no verified peer certificate (not TLS,
         or the handshake has not completed).
     """
+    if IRequest.providedBy(transport):
+        transport = _transportOf(transport)
     certificate = (
         cast(X509 | None, ISSLTransport(transport).getPeerCertificate())
         if ISSLTransport.providedBy(transport)
