@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
