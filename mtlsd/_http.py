@@ -152,15 +152,24 @@ class _Backend(Protocol):
     def __init__(self, client: _Client) -> None:
         self.client = client
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self._out: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.client._connected(self)
 
     def send(self, event: Any) -> None:
-        assert self.transport is not None
+        """
+        Send an h11 event, at the next L{flush}: the pieces of a request
+        leave in one write.
+        """
         data = self.h11.send(event)
         if data:
-            writeNow(self.transport, data)
+            self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out and self.transport is not None:
+            out, self._out = self._out, []
+            writeNow(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel:
@@ -170,20 +179,27 @@ class _Backend(Protocol):
         self._next()
 
     def _next(self) -> None:
-        while self.client.backend is self:
+        try:
+            self._events()
+        finally:
+            self.client.flush()
+
+    def _events(self) -> None:
+        client = self.client
+        while client.backend is self:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
-                self.client._backendFailed(f"malformed response: {e}")
+                client._backendFailed(f"malformed response: {e}")
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Data):
-                self.client._answer(h11.Data(data=event.data))
+                client._answer(h11.Data(data=event.data))
             elif isinstance(event, (h11.Response, h11.InformationalResponse)):
-                self.client._response(event)
+                client._response(event)
             elif isinstance(event, h11.EndOfMessage):
-                self.client._answered()
+                client._answered()
             else:  # ConnectionClosed
                 return
 
@@ -223,6 +239,7 @@ class _Client(Protocol):
     def __init__(self, factory: HTTPForwardFactory) -> None:
         self.factory = factory
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self._out: list[bytes] = []
 
     def connectionMade(self) -> None:
         certificate, chain = _peer(self.transport)
@@ -244,6 +261,13 @@ class _Client(Protocol):
         self._next()
 
     def _next(self) -> None:
+        try:
+            self._events()
+        finally:
+            if self.backend is not None:
+                self.backend.flush()
+
+    def _events(self) -> None:
         while not self._connecting and not self._closed and not self._tunnel:
             try:
                 event = self.h11.next_event()
@@ -265,7 +289,7 @@ class _Client(Protocol):
                 # a header, and mtlsd checks only headers.
                 self._forward(h11.EndOfMessage())
             else:  # ConnectionClosed
-                self.transport.loseConnection()
+                self._close()
                 return
 
     def _request(self, request: h11.Request) -> None:
@@ -308,9 +332,11 @@ class _Client(Protocol):
             headers += [(name, value) for name, value in raw if name.lower() == b"upgrade"]
         headers += self._added
         forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
-        if self.backend is not None and self.backend.h11.our_state is h11.IDLE:
-            self.backend.send(forwarded)
-            return
+        if self.backend is not None:
+            if self.backend.h11.our_state is h11.IDLE:
+                self.backend.send(forwarded)
+                return
+            self._dropBackend()
         self._held = forwarded
         self._connecting = True
         self._reads.pause("connecting")
@@ -374,13 +400,22 @@ class _Client(Protocol):
         self._answer(h11.Response(status_code=code, headers=headers, reason=response.reason))
 
     def _answer(self, event: Any) -> None:
+        """
+        Send an h11 event to the client, at the next L{flush}: what one
+        read from the backend gave leaves in one write.
+        """
         try:
             data = self.h11.send(event)
         except h11.LocalProtocolError as e:
             self._backendFailed(f"cannot forward its answer: {e}")
             return
         if data:
-            self.transport.write(data)
+            self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _answered(self) -> None:
         """
@@ -410,6 +445,7 @@ class _Client(Protocol):
         side sent after its head.
         """
         self._logRequest(101)
+        self.flush()
         backend = self.backend
         assert backend is not None and backend.transport is not None
         self._tunnel = backend.tunnel = True
@@ -452,6 +488,7 @@ class _Client(Protocol):
         Answer with an error (a malformed request, a backend that is down)
         if no answer has begun, and close.
         """
+        self.flush()
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = _BODIES.get(status, _BODIES[400])
             status = status if status in _BODIES else 400
@@ -509,6 +546,7 @@ class _Client(Protocol):
             backend.transport.loseConnection()
 
     def _close(self) -> None:
+        self.flush()
         self._closed = True
         self._dropBackend()
         self.transport.loseConnection()

@@ -279,7 +279,7 @@ class PrecedenceTests(ConfigTestCase):
         Given the options class, an abbreviation that C{usage.Options}
         accepts counts, and a value that looks like an option does not.
         """
-        options = self.parse(["--client-ce", "c.pem", "--allow-dns", "--crl"])
+        options = self.parse(["--client-certs", "c.pem", "--allow-dn", "--crl"])
         self.assertEqual(options["client-certs"], ["c.pem"])
         self.assertEqual((options["allow-dns"], options["crl"]), (["--crl"], ["a.crl"]))
 
