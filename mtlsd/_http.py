@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._address import formatAddress
+from ._address import formatAddress, noDelay
 from ._events import emit
 from ._halfclose import closeWriting
 from ._httpidentity import Header, HTTPIdentity, headerName
@@ -354,6 +354,7 @@ class _Client(Protocol):
             return
         self.backend = backend
         self._connecting = False
+        noDelay(backend.transport)  # a body after its head must not wait for an ACK
         backend.transport.registerProducer(self._reads, True)
         self.transport.registerProducer(backend.transport, True)
         backend.send(self._held)

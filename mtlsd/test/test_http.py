@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -218,6 +219,14 @@ class HTTPForwardingTests(TestCase):
             identity or HTTPIdentity(),
             b"backend.test",
         )
+        build = factory.buildProtocol
+        self.clients: list[Any] = []
+
+        def recordClient(addr: Any) -> Any:
+            self.clients.append(build(addr))
+            return self.clients[-1]
+
+        factory.buildProtocol = recordClient  # type: ignore[method-assign]
         daemon = MtlsServerEndpoint(
             serverContext(self.ca.server(), [self.ca.certificate]),
             TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
@@ -362,6 +371,11 @@ class HTTPForwardingTests(TestCase):
             yield client.waitFor(rb'"path": "/%d"' % i)
         self.assertEqual(len(answers(client.received)), 100)
         self.assertEqual(self.site.connections, 1)
+        # Nagle's algorithm off: a body written after its head does not wait
+        # for the backend's delayed ACK.
+        [forwarding] = self.clients
+        backendSocket = forwarding.backend.transport.getHandle()
+        self.assertTrue(backendSocket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @inlineCallbacks
     def test_pipelined(self) -> Any:
