@@ -17,14 +17,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import provider
+from zope.interface import implementer, provider
 
 from mtlsd import ClientTLSSettings, ConnectionLimits, MtlsServerEndpoint
 from mtlsd._http import MAX_HEAD, HTTPForwardFactory
@@ -100,6 +102,43 @@ class RawBackend(Protocol):
                 self.transport.write(rest)  # type: ignore[union-attr]
             if self.close:
                 self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@implementer(IPushProducer)
+class StreamingBackend(Protocol):
+    """
+    A backend answering a request with C{size} bytes, written as fast as
+    its transport takes them (a push producer that stops when paused).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self.paused = False
+        self.firstPause: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data and not self.written:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)  # type: ignore[union-attr]
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+            self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if not self.firstPause.called:
+            self.firstPause.callback(None)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        chunk = b"z" * 65536
+        while not self.paused and self.written < self.size:
+            self.transport.write(chunk)  # type: ignore[union-attr]
+            self.written += len(chunk)
+        if self.written >= self.size:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
 
 class RawClient(Protocol):
@@ -412,6 +451,49 @@ class HTTPForwardingTests(TestCase):
         self.assertEqual(json.loads(second)["length"], 50_000)
         self.assertEqual(status, 404)
         self.assertEqual([e["status"] for e in self.named("http-request")], [200, 200, 404])
+
+    @inlineCallbacks
+    def test_slowClientPausesBackend(self) -> Any:
+        """
+        A 256 MiB answer to a client that stops reading: the backend is
+        paused well short of it (mtlsd does not buffer the answer); once the
+        client reads again, every byte arrives.
+        """
+        backends: list[StreamingBackend] = []
+        started: Deferred[None] = Deferred()
+
+        def build() -> StreamingBackend:
+            backends.append(StreamingBackend(256 * 1024 * 1024))
+            started.callback(None)
+            return backends[-1]
+
+        port = yield self.listen(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), Factory.forProtocol(build)
+        )
+        client = yield self.connect(port)
+        counted = [0]
+        done: Deferred[None] = Deferred()
+
+        def count(data: bytes) -> None:
+            counted[0] += len(data)
+            if counted[0] >= 256 * 1024 * 1024 + 38 and not done.called:
+                done.callback(None)
+
+        client.dataReceived = count  # type: ignore[method-assign]
+        client.transport.write(b"GET /big HTTP/1.1\r\nHost: svc\r\n\r\n")
+        yield started
+        client.transport.pauseProducing()  # the client stops reading
+        [backend] = backends
+        yield backend.firstPause
+        # Nothing marks "the backend stays paused": give it half a second to
+        # run on, had mtlsd read and buffered the answer instead (it then
+        # writes far more than this bound; with back-pressure it cannot,
+        # however long it is given).
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertLess(backend.written, 32 * 1024 * 1024)
+        client.transport.resumeProducing()
+        yield done
+        self.assertEqual(backend.written, 256 * 1024 * 1024)
 
     @inlineCallbacks
     def test_closeDelimitedAnswer(self) -> Any:
