@@ -295,6 +295,17 @@ def expect(proc: subprocess.Popen[str], word: str, timeout: float) -> None:
         raise RuntimeError(f"load generator: {lastLine(err) or line or 'ended'}")
 
 
+def rest(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """
+    The rest of what C{proc} prints, once it has exited.  (Not communicate():
+    it reads the pipe's descriptor and would miss what readLine's buffered
+    reads already took.)
+    """
+    proc.wait(timeout)
+    assert proc.stdout is not None and proc.stderr is not None
+    return proc.stdout.read(), proc.stderr.read()
+
+
 def measure(server: Server, settings: Settings, connections: int) -> dict[str, Any]:
     """
     One httpload run: its figures, with the server's CPU (and the backend's)
@@ -307,7 +318,7 @@ def measure(server: Server, settings: Settings, connections: int) -> dict[str, A
         server0, backend0 = cpuSeconds(server.pid), cpuSeconds(settings.backend.pid)
         expect(proc, "end", limit)
         server1, backend1 = cpuSeconds(server.pid), cpuSeconds(settings.backend.pid)
-        out, err = proc.communicate(timeout=60)
+        out, err = rest(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -382,7 +393,7 @@ def profile(server: Server, settings: Settings, seconds: float, work: Path) -> s
             ],
             timeout=seconds + 60,
         )  # fmt: skip
-        out, _ = proc.communicate(timeout=seconds + 60)
+        out, _ = rest(proc, seconds + 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -392,7 +403,7 @@ def profile(server: Server, settings: Settings, seconds: float, work: Path) -> s
     result = json.loads(out.strip().splitlines()[-1])
     return (
         f"While sampled: {result['rps']:,.0f} requests/s (py-spy slows the process it samples).\n\n"
-        + module.summarise(raw, 25)
+        + module.summarise(raw, 45)
     )
 
 

@@ -479,7 +479,7 @@ class HTTPForwardingTests(TestCase):
             if counted[0] >= 256 * 1024 * 1024 + 38 and not done.called:
                 done.callback(None)
 
-        client.dataReceived = count  # type: ignore[method-assign]
+        client.dataReceived = count
         client.transport.write(b"GET /big HTTP/1.1\r\nHost: svc\r\n\r\n")
         yield started
         client.transport.pauseProducing()  # the client stops reading
