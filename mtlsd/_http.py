@@ -215,9 +215,13 @@ class _Backend(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.tunnel and self.client.backend is self:
-            # A body read until the close ends here.
-            self.h11.receive_data(b"")
-            self._next()
+            if self.h11.their_state is h11.SEND_RESPONSE:
+                # Our request went out; not a byte of an answer came back.
+                self.client._backendFailed("the backend closed the connection without answering")
+            else:
+                # A body read until the close ends here.
+                self.h11.receive_data(b"")
+                self._next()
         self.client._backendLost(self)
 
 

@@ -619,6 +619,21 @@ class HTTPForwardingTests(TestCase):
         self.assertIn("refused", event["error"])
 
     @inlineCallbacks
+    def test_backendClosesWithoutAnswer(self) -> Any:
+        """
+        A backend that takes the request and closes without a byte of
+        answer: 502, logged in plain words.
+        """
+        port = yield self.rawBackend(b"", close=True)
+        client = yield self.connect(port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        yield client.done
+        [(status, _)] = answers(client.received)
+        self.assertEqual(status, 502)
+        [event] = self.named("backend-unavailable")
+        self.assertEqual(event["error"], "the backend closed the connection without answering")
+
+    @inlineCallbacks
     def test_idleTimeout(self) -> Any:
         """
         A keep-alive connection left idle is closed by the idle timeout.
