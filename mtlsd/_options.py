@@ -470,8 +470,9 @@ def _checkBackend(description: str, option: str = "forward") -> None:
         local = kind in ("tcp", "tcp6") and host == "localhost"
     if not local:
         raise usage.UsageError(
-            f"--{option} {description}: the backend is not on loopback or a UNIX socket, so"
-            " plaintext would leave this host; give --unsafe-backend if that is intended."
+            f"--{option} {description}: the backend is not on loopback or a UNIX socket"
+            " (tcp:127.0.0.1:PORT, unix:PATH), so plaintext would leave this host; give"
+            " --unsafe-backend if that is intended."
         )
 
 

@@ -158,10 +158,16 @@ def _daemonizing(options: Options) -> bool:
 
 def _connectCommand(options: Options, where: str) -> str:
     """
-    The C{mtlsd connect} command that works with the development PKI, with
-    this installation's C{mtlsd} (named by its path when it is not the one
+    The C{mtlsd connect} command (C{curl}, in the HTTP mode) that works with
+    the development PKI, with this installation's C{mtlsd} (named by its path when it is not the one
     on C{PATH}, as after the README's quick start).
     """
+    if options["forward-http"]:
+        pki = options["pki"]
+        return (
+            f"curl --cacert {pki}/ca.crt --cert {pki}/client.crt --key {pki}/client.key"
+            f" https://{where}/ (forwarded to {options['forward-http']})"
+        )
     mtlsd = os.path.join(os.path.dirname(sys.executable), "mtlsd")
     if not os.path.exists(mtlsd) or shutil.which("mtlsd") == mtlsd:
         mtlsd = "mtlsd"

@@ -132,6 +132,14 @@ class IdentityHeaderTests(HTTPModeMixin, SynchronousTestCase):
             line,
         )
         daemon.waitForLog(r"127\.0\.0\.1:\d+ CN=client: GET /some/path 200$")
+        # The start-up line's command works as given.
+        [hint] = daemon.waitForLog(r"try: curl .* \(forwarded to tcp:127\.0\.0\.1:\d+\)$")
+        command = hint.partition("try: ")[2].partition(" (forwarded")[0].split()
+        if CURL is None:
+            raise SkipTest("curl is not installed")
+        result = subprocess.run(command, cwd=directory, capture_output=True, timeout=DEADLINE)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(sequence(client).encode(), result.stdout)
 
     def test_requestsKeepAliveAndChosenHeaders(self) -> None:
         """
