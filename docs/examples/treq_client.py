@@ -13,7 +13,7 @@ import sys
 import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
-from twisted.web.client import Agent
+from twisted.web.client import Agent, ResponseNeverReceived
 
 from mtlsd import ClientTLSSettings
 
@@ -24,7 +24,10 @@ async def main(reactor, url, name="client"):
     )
     # Presents the certificate; verifies the server's chain and its name (the URL's host).
     agent = Agent(reactor, contextFactory=settings.policyForHTTPS())
-    response = await treq.get(url, agent=agent)
+    try:
+        response = await treq.get(url, agent=agent)
+    except ResponseNeverReceived as e:  # refused, or the server did not verify
+        raise SystemExit(f"no answer from {url}: {e.reasons[0].getErrorMessage()}") from None
     print(response.code, (await response.text()).strip())
 
 
