@@ -286,9 +286,12 @@ class MakeServiceTests(SynchronousTestCase):
         from twisted.internet import reactor
 
         service = makeService(
-            parse("--pki", os.path.join(self.dir, "pki"), "--port", str(port), "-i", "127.0.0.1"),
+            parse(
+                "--pki", os.path.join(self.dir, "pki"), "--port", str(port), "-i", "127.0.0.1",
+                "--reload-interval", "0",  # no reloader left running on the real reactor
+            ),
             reactor,
-        )
+        )  # fmt: skip
         error = self.assertRaises(SystemExit, service.startService)
         self.assertEqual(
             str(error.code),

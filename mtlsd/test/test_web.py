@@ -11,7 +11,6 @@ import os
 import shutil
 from typing import Any
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -24,8 +23,14 @@ from twisted.web.server import Site
 from mtlsd import AllowPolicy, ClientTLSSettings, MtlsServerEndpoint, peerIdentity
 from mtlsd._http import HTTPForwardFactory
 from mtlsd._httpidentity import HTTPIdentity
+from mtlsd.test._devextra import missing
 from mtlsd.testing import CertificateAuthority, Credentials, serverContext
 from mtlsd.web import FORBIDDEN_BODY, requireIdentity
+
+try:
+    import treq
+except ImportError as e:  # the dev extra's
+    skip = missing(e)
 
 
 class Who(Resource):
