@@ -17,13 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import h11
-from cryptography import x509
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
     IPushProducer,
     IStreamClientEndpoint,
-    ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -35,6 +33,7 @@ from ._events import emit
 from ._halfclose import closeWriting
 from ._httpidentity import Header, HTTPIdentity, headerName
 from ._relay import OutboundConnector, writeNow
+from ._server import _commonName
 
 log = Logger(namespace="mtlsd")
 
@@ -96,13 +95,48 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> list[Header]:
     return []
 
 
-def _connectionTokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    return {
+def _nextHop(
+    message: Any, stripped: frozenset[bytes] = frozenset()
+) -> tuple[list[Header], list[str]]:
+    """
+    The headers of a message h11 read, for the next hop: without the
+    connection-specific ones (C{Connection} and those it names, RFC 9110
+    7.6.1) and those whose L{headerName} is in C{stripped}; then the
+    message's framing, and its upgrade if it asks for one (or agrees to).
+
+    @return: those headers, and the (lowercase) names of the stripped ones.
+    """
+    lowered = list(message.headers)  # h11 gives the names lowercase
+    tokens = {
         token.strip().lower()
-        for name, value in headers
+        for name, value in lowered
         if name == b"connection"
         for token in value.split(b",")
     }
+    dropped = tokens | _HOP_BY_HOP
+    kept: list[Header] = []
+    removed: list[str] = []
+    upgrades: list[Header] = []
+    for (name, value), (lower, _) in zip(message.headers.raw_items(), lowered, strict=True):
+        if headerName(lower) in stripped:
+            removed.append(lower.decode("ascii", "replace"))
+        elif lower not in dropped:
+            kept.append((name, value))
+        elif lower == b"upgrade":
+            upgrades.append((name, value))
+    kept += _framing(lowered)
+    if upgrades and b"upgrade" in tokens:
+        kept += [(b"Connection", b"upgrade"), *upgrades]
+    return kept, removed
+
+
+def _takeAll(out: list[bytes]) -> bytes:
+    """
+    The pieces in C{out}, joined, and C{out} emptied.
+    """
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    return data
 
 
 @implementer(IPushProducer)
@@ -168,8 +202,7 @@ class _Backend(Protocol):
 
     def flush(self) -> None:
         if self._out and self.transport is not None:
-            out, self._out = self._out, []
-            writeNow(self.transport, out[0] if len(out) == 1 else b"".join(out))
+            writeNow(self.transport, _takeAll(self._out))
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel:
@@ -246,12 +279,11 @@ class _Client(Protocol):
         self._out: list[bytes] = []
 
     def connectionMade(self) -> None:
-        certificate, chain = _peer(self.transport)
+        certificate, chain = self.transport.peer()  # the gate's: remembered when resumed
         peer = self.transport.getPeer()
         self._added = self.factory.identity.headers(certificate, chain, peer)
         self._clientText = formatAddress(peer)
-        names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        self._commonName = str(names[0].value) if names else None
+        self._commonName = _commonName(certificate)
         self._reads = _Reads(self.transport)
 
     # Requests
@@ -276,6 +308,9 @@ class _Client(Protocol):
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
+                # Not a request that can be named in the log.
+                self._method = self._target = b"-"
+                self._startedAt = self.factory.clock.seconds()
                 self._refuse(e.error_status_hint)
                 return
             if event is h11.NEED_DATA:
@@ -301,24 +336,11 @@ class _Client(Protocol):
         self._target = request.target
         self._startedAt = self.factory.clock.seconds()
         self._status = 0
-        raw = request.headers.raw_items()
-        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in raw) > MAX_HEAD:
+        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers) > MAX_HEAD:
             # h11 bounds a head still arriving; this one came whole.
             self._refuse(431)
             return
-        lowered = [(name.lower(), value) for name, value in raw]
-        upgrade = b"upgrade" in _connectionTokens(lowered) and any(
-            name == b"upgrade" for name, _ in lowered
-        )
-        dropped = _connectionTokens(lowered) | _HOP_BY_HOP
-        stripped = self.factory.stripped
-        forged: list[str] = []
-        headers: list[Header] = []
-        for (name, value), (lower, _) in zip(raw, lowered, strict=True):
-            if headerName(lower) in stripped:
-                forged.append(lower.decode("ascii", "replace"))
-            elif lower not in dropped:
-                headers.append((name, value))
+        headers, forged = _nextHop(request, self.factory.stripped)
         if forged and not self._warned:
             self._warned = True
             emit(
@@ -328,12 +350,8 @@ class _Client(Protocol):
                 commonName=self._commonName,
                 headers=", ".join(sorted(set(forged))),
             )
-        if not any(name == b"host" for name, _ in lowered):
+        if not any(name == b"host" for name, _ in request.headers):
             headers.append((b"Host", self.factory.backendHost))  # an HTTP/1.0 client's request
-        headers += _framing(lowered)
-        if upgrade:
-            headers += [(b"Connection", b"upgrade")]
-            headers += [(name, value) for name, value in raw if name.lower() == b"upgrade"]
         headers += self._added
         forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
         if self.backend is not None:
@@ -379,29 +397,16 @@ class _Client(Protocol):
     # Answers
 
     def _response(self, response: h11.Response | h11.InformationalResponse) -> None:
-        lowered = [(name.lower(), value) for name, value in response.headers.raw_items()]
-        dropped = _connectionTokens(lowered) | _HOP_BY_HOP
-        headers = [
-            (name, value)
-            for name, value in response.headers.raw_items()
-            if name.lower() not in dropped
-        ]
+        headers, _ = _nextHop(response)
         code = response.status_code
-        if code == 101:
-            headers += [(b"Connection", b"upgrade")]
-            headers += [(n, v) for n, v in response.headers.raw_items() if n.lower() == b"upgrade"]
-            self._answer(
-                h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
-            )
-            self._switch()
-            return
         if isinstance(response, h11.InformationalResponse):
             self._answer(
                 h11.InformationalResponse(status_code=code, headers=headers, reason=response.reason)
             )
+            if code == 101:
+                self._switch()
             return
         self._status = code
-        headers += _framing(lowered)
         self._answer(h11.Response(status_code=code, headers=headers, reason=response.reason))
 
     def _answer(self, event: Any) -> None:
@@ -419,8 +424,7 @@ class _Client(Protocol):
 
     def flush(self) -> None:
         if self._out:
-            out, self._out = self._out, []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(_takeAll(self._out))
 
     def _answered(self) -> None:
         """
@@ -497,12 +501,6 @@ class _Client(Protocol):
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = _BODIES.get(status, _BODIES[400])
             status = status if status in _BODIES else 400
-            if not hasattr(self, "_method"):
-                self._method, self._target, self._startedAt = (
-                    b"-",
-                    b"-",
-                    self.factory.clock.seconds(),
-                )
             self._status = status
             headers = [
                 (b"Content-Type", b"text/plain; charset=utf-8"),
@@ -574,21 +572,6 @@ class _Client(Protocol):
         backend, self.backend = self.backend, None
         if backend is not None and backend.transport is not None:
             backend.transport.loseConnection()
-
-
-def _peer(transport: ITransport) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
-    """
-    The client's certificate and the intermediates it sent: from mtlsd's
-    gate (which remembers them for a resumed session), else from the TLS
-    connection.
-    """
-    peer = getattr(transport, "peer", None)
-    if peer is not None:
-        return peer()  # type: ignore[no-any-return]
-    connection = transport.getHandle()  # type: ignore[attr-defined]
-    certificate = connection.get_peer_certificate(as_cryptography=True)
-    sent = connection.get_peer_cert_chain(as_cryptography=True) or []
-    return certificate, tuple(c for c in sent if c != certificate)
 
 
 @implementer(IProtocolNegotiationFactory)

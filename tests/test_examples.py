@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -105,6 +106,17 @@ class ExampleTests(SynchronousTestCase):
             self.runExample("treq_client.py", url + "admin/"),
             "403 Forbidden: your client certificate is not allowed here.\n",
         )
+        with socket.socket() as closed:  # bound, not listening: refused
+            closed.bind(("127.0.0.1", 0))
+            refused = subprocess.run(
+                [sys.executable, os.path.join(EXAMPLES, "treq_client.py"),
+                 f"https://localhost:{closed.getsockname()[1]}/"],
+                cwd=self.directory, capture_output=True, text=True, timeout=DEADLINE,
+                env=environment(),
+            )  # fmt: skip
+        self.assertEqual(refused.returncode, 1)
+        self.assertEqual(len(refused.stderr.splitlines()), 1, refused.stderr)
+        self.assertIn("cannot connect to https://localhost:", refused.stderr)
         issued = subprocess.run([MTLSD, "pki", "issue", "admin"], cwd=self.directory)
         self.assertEqual(issued.returncode, 0)
         answer = self.runExample("treq_client.py", "--cert", "admin", url + "admin/")

@@ -12,6 +12,7 @@ import sys
 
 import treq
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import ConnectError
 from twisted.internet.task import react
 from twisted.web.client import Agent, ResponseNeverReceived
 
@@ -28,6 +29,8 @@ async def main(reactor, url, name="client"):
         response = await treq.get(url, agent=agent)
     except ResponseNeverReceived as e:  # refused, or the server did not verify
         raise SystemExit(f"no answer from {url}: {e.reasons[0].getErrorMessage()}") from None
+    except ConnectError as e:
+        raise SystemExit(f"cannot connect to {url}: {e}") from None
     print(response.code, (await response.text()).strip())
 
 

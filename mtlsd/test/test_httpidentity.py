@@ -252,3 +252,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["forward-http"], "unix:/run/app.sock")
         self.assertEqual(options["client-cert-header"], "xfcc")
         self.assertEqual(options["identity-header"], ["X-Client-CN=cn", "X-Client-DNS=dns"])
+
+
+class BackendHostTests(SynchronousTestCase):
+    def test_hostOf(self) -> None:
+        """
+        The C{Host} given to a request without one (HTTP/1.0) is the
+        backend's: C{host:port}, an IPv6 address bracketed, C{localhost}
+        for a UNIX socket.
+        """
+        from mtlsd._apps import _hostOf
+
+        self.assertEqual(_hostOf("tcp:127.0.0.1:8080"), b"127.0.0.1:8080")
+        self.assertEqual(_hostOf("tcp:host=localhost:port=99"), b"localhost:99")
+        self.assertEqual(_hostOf(r"tcp6:\:\:1:80"), b"[::1]:80")
+        self.assertEqual(_hostOf("unix:/run/app.sock"), b"localhost")
