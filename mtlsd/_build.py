@@ -61,6 +61,9 @@ class ServerConfiguration:
     @ivar policy: the allow-list.
     @ivar verifyDepth: the longest client chain accepted.
     @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar groups: the key-exchange groups offered (L{None}: Mozilla's).
+    @ivar signatureAlgorithms: those accepted from clients (L{None}:
+        OpenSSL's).
     @ivar handshakeTimeout: seconds a client has to complete the handshake.
     @ivar idleTimeout: seconds without a byte before a connection is closed
         (L{None}: never).
@@ -88,6 +91,8 @@ class ServerConfiguration:
     policy: AllowPolicy = AllowPolicy()
     verifyDepth: int = DEFAULT_VERIFY_DEPTH
     minimumTLSVersion: str = "1.2"
+    groups: tuple[str, ...] | None = None
+    signatureAlgorithms: str | None = None
     handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     idleTimeout: float | None = None
     maxLifetime: float | None = None
@@ -116,6 +121,8 @@ class ServerConfiguration:
             policy=self.policy,
             verifyDepth=self.verifyDepth,
             minimumTLSVersion=self.minimumTLSVersion,
+            signatureAlgorithms=self.signatureAlgorithms,
+            **({} if self.groups is None else {"groups": self.groups}),
         )
 
     @property

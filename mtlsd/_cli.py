@@ -23,6 +23,7 @@ from ._errors import ConfigurationError
 from ._files import loadCertificateAndKey, loadCRLs, parseCertificates, readFile
 from ._inspect import describeCertificate, describeCRL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
+from ._verify import tlsGroups
 
 # The exit status of a command whose standard output was closed under it:
 # what a shell reports for one killed by SIGPIPE, as cat is.
@@ -65,6 +66,11 @@ def _clientArguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tls-min-version", choices=["1.2", "1.3"], default="1.2", help="oldest TLS version"
+    )
+    parser.add_argument(
+        "--tls-groups",
+        metavar="LIST",
+        help="key-exchange groups offered, colon-separated (default Mozilla's)",
     )
 
 
@@ -287,8 +293,9 @@ def _clientSettings(args: argparse.Namespace, err: IO[str]) -> ClientTLSSettings
         if not pki.exists():
             raise ConfigurationError(f"--ca is needed (there is no development PKI in {args.pki}).")
         ca = pki.path("ca.crt")
+    groups = None if args.tls_groups is None else tlsGroups(args.tls_groups)
     settings = ClientTLSSettings.fromFiles(
-        cert, key, ca, args.tls_min_version, args.key_passphrase_file
+        cert, key, ca, args.tls_min_version, args.key_passphrase_file, groups
     )
     if settings.certificate is None:
         err.write(

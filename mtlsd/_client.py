@@ -46,7 +46,15 @@ from ._files import Path, loadCertificateAndKey, loadCertificates
 from ._halfclose import HalfCloseForwarding
 from ._reasons import opensslReasons, peerAlert
 from ._tls import TLSFactory
-from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setVerify, validTLSVersion
+from ._verify import (
+    TLS_VERSIONS,
+    VerifyFailure,
+    VerifyRecorder,
+    setCryptoPolicy,
+    setVerify,
+    tlsGroups,
+    validTLSVersion,
+)
 
 
 class ServerRejectedClient(Exception):
@@ -80,6 +88,7 @@ class ClientTLSSettings:
     @ivar trusted: CA certificates the server's certificate must chain to, or
         server certificates trusted as they are (pinned).
     @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar groups: the key-exchange groups offered (see L{tlsGroups}).
     """
 
     certificate: x509.Certificate | None
@@ -87,6 +96,7 @@ class ClientTLSSettings:
     chain: tuple[x509.Certificate, ...]
     trusted: tuple[x509.Certificate, ...]
     minimumTLSVersion: str = field(default="1.2", validator=validTLSVersion)
+    groups: tuple[str, ...] = field(factory=lambda: tlsGroups(None))
 
     @classmethod
     def fromFiles(
@@ -96,6 +106,7 @@ class ClientTLSSettings:
         caPath: Path,
         minimumTLSVersion: str = "1.2",
         passphrasePath: Path | None = None,
+        groups: tuple[str, ...] | None = None,
     ) -> ClientTLSSettings:
         """
         Load a client certificate (optionally followed by its chain and key),
@@ -111,19 +122,28 @@ class ClientTLSSettings:
         @param minimumTLSVersion: C{"1.2"} or C{"1.3"}.
         @param passphrasePath: a file whose first line is the passphrase of
             an encrypted key or the password of the PKCS#12 file.
+        @param groups: the key-exchange groups to offer (L{None}: Mozilla's).
         @raise ConfigurationError: for any unusable file, a passphrase that
             does not open the key, or a key that does not match the
             certificate.
         """
+        chosen = {} if groups is None else {"groups": groups}
         trusted = tuple(loadCertificates(caPath, "CA"))
         if certificatePath is None:
             if keyPath is not None:
                 raise ConfigurationError("--key was given without --cert.")
             if passphrasePath is not None:
                 raise ConfigurationError("--key-passphrase-file was given without --cert.")
-            return cls(None, None, (), trusted, minimumTLSVersion)
+            return cls(None, None, (), trusted, minimumTLSVersion, **chosen)
         client = loadCertificateAndKey(certificatePath, keyPath, "client", passphrasePath)
-        return cls(client.certificate, client.privateKey, client.chain, trusted, minimumTLSVersion)
+        return cls(
+            client.certificate,
+            client.privateKey,
+            client.chain,
+            trusted,
+            minimumTLSVersion,
+            **chosen,
+        )
 
     def connectionCreator(self, hostname: str) -> ClientContext:
         """
@@ -250,6 +270,7 @@ class ClientContext:
             ),
             **credentials,
         ).getContext()
+        setCryptoPolicy(self._context, settings.groups)
         store = self._context.get_cert_store()
         assert store is not None
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from ._admission import Admission, AdmissionCheck
 from ._sessions import SessionRegistry
 from ._settings import ServerTLSSettings
-from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setVerify
+from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setCryptoPolicy, setVerify
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
 
@@ -92,6 +92,8 @@ class ServerContext:
      - the CRLs and CRL checking;
      - the trusted subjects sent as acceptable client CA names;
      - the verify depth;
+     - the key-exchange groups (Mozilla's by default) and, if chosen, the
+       signature algorithms;
      - a verify callback that records OpenSSL's verdict and asks the
        admission about each certificate OpenSSL accepted.  It changes one
        verdict of OpenSSL's only: when the issuer has no CRL here and CRLs
@@ -131,6 +133,7 @@ class ServerContext:
             **({"raiseMinimumTo": TLS_VERSIONS[minimum]} if minimum != "1.2" else {}),
         )
         context = options.getContext()
+        setCryptoPolicy(context, settings.groups, settings.signatureAlgorithms)
         # On a socket (mtlsd._sockettls), a write OpenSSL could not finish is
         # retried from a buffer that may have moved; idle connections give
         # back their record buffers (about 34 KiB each).

@@ -32,7 +32,13 @@ from ._proxyheader import VERSIONS as PROXY_VERSIONS
 from ._reload import DEFAULT_RELOAD_INTERVAL
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT
 from ._settings import DEFAULT_VERIFY_DEPTH
-from ._verify import TLS_VERSIONS
+from ._verify import (
+    OPENSSL_VERSION,
+    TLS_VERSIONS,
+    lackingGroups,
+    tlsGroups,
+    tlsSignatureAlgorithms,
+)
 
 DEFAULT_PORT = 8082
 
@@ -162,6 +168,20 @@ class Options(usage.Options):
             _number("reload-interval", float, 0),
         ],
         ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
+        [
+            "tls-groups",
+            None,
+            None,
+            "Key-exchange groups offered, colon-separated OpenSSL names"
+            " (default Mozilla's: X25519MLKEM768:X25519:prime256v1:secp384r1).",
+        ],
+        [
+            "tls-sigalgs",
+            None,
+            None,
+            "Signature algorithms accepted from clients (and signed with), colon-separated"
+            " OpenSSL names such as ECDSA+SHA256:rsa_pss_rsae_sha256 (default OpenSSL's).",
+        ],
         [
             "idle-timeout",
             None,
@@ -361,6 +381,12 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--tls-min-version must be 1.2 or 1.3, not {self['tls-min-version']!r}."
             )
+        try:
+            tlsGroups(self["tls-groups"])
+            if self["tls-sigalgs"] is not None:
+                tlsSignatureAlgorithms(self["tls-sigalgs"])
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
         if self["listen"] and self["port"] is not None:
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
@@ -506,6 +532,12 @@ def serverConfiguration(options: Options) -> ServerConfiguration:
     @raise ConfigurationError: for a malformed allow-list entry.
     """
     certificate, key, clientCertificates, crls = _trustFiles(options)
+    if options["tls-groups"] is None and lackingGroups():
+        log.warn(
+            "{openssl} lacks {groups} of Mozilla's TLS groups: not offered",
+            openssl=OPENSSL_VERSION,
+            groups=":".join(lackingGroups()),
+        )
     return ServerConfiguration(
         certificate=certificate,
         key=key,
@@ -518,6 +550,8 @@ def serverConfiguration(options: Options) -> ServerConfiguration:
         policy=options.policy(),
         verifyDepth=options["verify-depth"],
         minimumTLSVersion=options["tls-min-version"],
+        groups=None if options["tls-groups"] is None else tlsGroups(options["tls-groups"]),
+        signatureAlgorithms=options["tls-sigalgs"],
         handshakeTimeout=options["handshake-timeout"],
         idleTimeout=options["idle-timeout"],
         maxLifetime=options["max-conn-lifetime"],

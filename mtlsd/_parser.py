@@ -30,6 +30,8 @@ _SERVER_KEYS = {
     "crlRequired",
     "verifyDepth",
     "tlsMinVersion",
+    "tlsGroups",
+    "tlsSigalgs",
     "handshakeTimeout",
     "reloadInterval",
     "keepLiveSessions",
@@ -46,6 +48,7 @@ _CLIENT_KEYS = {
     "caCerts",
     "servername",
     "tlsMinVersion",
+    "tlsGroups",
 }
 
 
@@ -138,6 +141,20 @@ def _tlsVersion(kwargs: dict[str, str]) -> str:
     return value
 
 
+def _groups(kwargs: dict[str, str]) -> tuple[str, ...] | None:
+    from ._verify import tlsGroups
+
+    value = kwargs.get("tlsGroups")
+    return None if value is None else tlsGroups(value, "tlsGroups=")
+
+
+def _sigalgs(kwargs: dict[str, str]) -> str | None:
+    from ._verify import tlsSignatureAlgorithms
+
+    value = kwargs.get("tlsSigalgs")
+    return None if value is None else tlsSignatureAlgorithms(value, "tlsSigalgs=")
+
+
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class MtlsServerParser:
     """
@@ -200,6 +217,8 @@ class MtlsServerParser:
                 "verifyDepth", kwargs.get("verifyDepth", str(DEFAULT_VERIFY_DEPTH)), 1
             ),
             minimumTLSVersion=_tlsVersion(kwargs),
+            groups=_groups(kwargs),
+            signatureAlgorithms=_sigalgs(kwargs),
             handshakeTimeout=_seconds(
                 "handshakeTimeout", kwargs.get("handshakeTimeout", str(DEFAULT_HANDSHAKE_TIMEOUT))
             ),
@@ -237,7 +256,7 @@ class MtlsServerParser:
 class MtlsClientParser:
     """
     C{mtls:host=HOST:port=PORT:certKey=client.pem[:privateKey=...]
-    :caCerts=ca.pem[:servername=NAME][:tlsMinVersion=1.3]}: connect with
+    :caCerts=ca.pem[:servername=NAME][:tlsMinVersion=1.3][:tlsGroups=...]}: connect with
     mutual TLS, verifying the server's chain and name.
     """
 
@@ -269,6 +288,7 @@ class MtlsClientParser:
                 kwargs["caCerts"],
                 _tlsVersion(kwargs),
                 kwargs.get("keyPassphraseFile"),
+                _groups(kwargs),
             )
         except ConfigurationError as e:
             raise DescriptionError(f"mtls: {e}") from None

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from ._errors import ConfigurationError
 from ._files import Path, keyFileWarnings, loadCertificateAndKey, loadCertificates, loadCRLs
 from ._policy import AllowPolicy
-from ._verify import validTLSVersion
+from ._verify import tlsGroups, validTLSVersion
 
 DEFAULT_VERIFY_DEPTH = 4
 CRL_WARNING_AHEAD = datetime.timedelta(days=1)
@@ -108,6 +108,10 @@ class ServerTLSSettings:
     @ivar verifyDepth: the longest client chain accepted (OpenSSL's verify
         depth: a leaf, up to this many intermediates, and the root).
     @ivar minimumTLSVersion: C{"1.2"} or C{"1.3"}.
+    @ivar groups: the key-exchange groups offered (see L{tlsGroups}).
+    @ivar signatureAlgorithms: the signature algorithms accepted from
+        clients (and signed with), in OpenSSL's syntax, or L{None} for
+        OpenSSL's.
     @ivar clientCAs: certificates trusted as issuing CAs whatever their
         keyUsage says (C{--client-ca}).
     @ivar bundles: one sentence per trust file read by L{fromFiles}: how many
@@ -129,6 +133,8 @@ class ServerTLSSettings:
     policy: AllowPolicy = AllowPolicy()
     verifyDepth: int = field(default=DEFAULT_VERIFY_DEPTH, validator=_positive)
     minimumTLSVersion: str = field(default="1.2", validator=validTLSVersion)
+    groups: tuple[str, ...] = field(factory=lambda: tlsGroups(None))
+    signatureAlgorithms: str | None = None
     clientCAs: tuple[x509.Certificate, ...] = ()
     bundles: tuple[str, ...] = field(default=(), eq=False)
     fileWarnings: tuple[str, ...] = field(default=(), eq=False)

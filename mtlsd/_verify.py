@@ -2,25 +2,30 @@
 """
 OpenSSL's certificate verification as both sides of mutual TLS use it: the
 TLS versions offered, the record of why a peer's chain failed, and a verify
-callback that can fail a chain with an error of its choosing (the one place
-that reaches into pyOpenSSL's bindings for it; a test checks that the names
-used still exist).
+callback that can fail a chain with an error of its choosing, and the TLS
+groups and signature algorithms (the one place that reaches into
+pyOpenSSL's bindings for them; a test checks that the names used still
+exist).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from attrs import frozen
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import X509
 from twisted.internet.ssl import TLSVersion
 
 from ._errors import ConfigurationError
 from ._reasons import verifyErrorText
+
+OPENSSL_VERSION = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode("ascii", "replace")
 
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
@@ -31,6 +36,104 @@ def validTLSVersion(instance: object, attribute: object, value: str) -> None:
     """
     if value not in TLS_VERSIONS:
         raise ConfigurationError(f"--tls-min-version must be 1.2 or 1.3, not {value!r}.")
+
+
+# Mozilla's key-exchange groups (server side TLS guidelines 5.8, 2026), in
+# order of preference.  OpenSSL would also accept X448, P-521 and the FFDHE
+# groups, which Mozilla's profiles do not.
+MOZILLA_GROUPS = ("X25519MLKEM768", "X25519", "prime256v1", "secp384r1")
+
+# OpenSSL's SSL_CTX_set1_groups_list, bound under its older name too.
+_setGroups = getattr(_lib, "SSL_CTX_set1_groups_list", None) or getattr(
+    _lib, "SSL_CTX_set1_curves_list", None
+)
+_setSigalgs = getattr(_lib, "SSL_CTX_set1_sigalgs_list", None)
+
+
+def _applies(function: Any, context: SSL.Context, value: str) -> bool:
+    return value.isascii() and function(context._context, value.encode("ascii")) == 1
+
+
+@cache
+def _knownGroup(name: str) -> bool:
+    return _setGroups is not None and _applies(_setGroups, SSL.Context(SSL.TLS_METHOD), name)
+
+
+def lackingGroups() -> tuple[str, ...]:
+    """
+    @return: the groups of L{MOZILLA_GROUPS} that the OpenSSL in use lacks
+        (and so are not offered by default).
+    """
+    return tuple(name for name in MOZILLA_GROUPS if not _knownGroup(name))
+
+
+def _given(option: str, value: str) -> str:
+    """
+    How the user wrote an option: C{--tls-groups X25519} or C{tlsGroups=X25519}.
+    """
+    return f"{option}{value}" if option.endswith("=") else f"{option} {value}"
+
+
+def tlsGroups(value: str | None, option: str = "--tls-groups") -> tuple[str, ...]:
+    """
+    The key-exchange groups to offer, in order of preference.
+
+    @param value: colon-separated OpenSSL names (C{X25519:prime256v1}), or
+        L{None} for L{MOZILLA_GROUPS} less those the OpenSSL in use lacks.
+    @param option: how the user gave C{value}, for the error.
+    @raise ConfigurationError: for an empty list or a name this OpenSSL
+        does not know.
+    """
+    if value is None:
+        return tuple(name for name in MOZILLA_GROUPS if _knownGroup(name))
+    names = tuple(value.split(":"))
+    if _setGroups is None:
+        raise ConfigurationError(
+            f"{option}: this pyOpenSSL's bindings lack SSL_CTX_set1_groups_list,"
+            " so the TLS groups cannot be chosen."
+        )
+    for name in names:
+        if not name or not _knownGroup(name):
+            raise ConfigurationError(
+                f"{_given(option, value)}: {name!r} is not a TLS group"
+                f" {OPENSSL_VERSION} knows; give OpenSSL names such as X25519:prime256v1."
+            )
+    return names
+
+
+def tlsSignatureAlgorithms(value: str, option: str = "--tls-sigalgs") -> str:
+    """
+    Check a list of signature algorithms (OpenSSL's syntax:
+    C{ECDSA+SHA256:rsa_pss_rsae_sha256}).
+
+    @raise ConfigurationError: if OpenSSL refuses it.
+    """
+    if _setSigalgs is None:
+        raise ConfigurationError(
+            f"{option}: this pyOpenSSL's bindings lack SSL_CTX_set1_sigalgs_list,"
+            " so the signature algorithms cannot be chosen."
+        )
+    if not _applies(_setSigalgs, SSL.Context(SSL.TLS_METHOD), value):
+        raise ConfigurationError(
+            f"{_given(option, value)}: {OPENSSL_VERSION} does not accept this list of"
+            " signature algorithms; give names such as ECDSA+SHA256:rsa_pss_rsae_sha256."
+        )
+    return value
+
+
+def setCryptoPolicy(
+    context: SSL.Context, groups: Sequence[str], signatureAlgorithms: str | None = None
+) -> None:
+    """
+    Offer only C{groups} (see L{tlsGroups}) on C{context} and, if given,
+    only C{signatureAlgorithms} (see L{tlsSignatureAlgorithms}): for a
+    server, the algorithms a client may sign its CertificateVerify with,
+    and those the server signs with.
+    """
+    if not _applies(_setGroups, context, ":".join(groups)):
+        raise ConfigurationError(f"OpenSSL refused the TLS groups {':'.join(groups)}.")
+    if signatureAlgorithms is not None and not _applies(_setSigalgs, context, signatureAlgorithms):
+        raise ConfigurationError(f"OpenSSL refused the signature algorithms {signatureAlgorithms}.")
 
 
 def subjectOf(certificate: X509 | x509.Certificate) -> str:

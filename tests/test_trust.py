@@ -10,6 +10,8 @@ import os
 import signal
 import ssl
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._process import DEADLINE, OPENSSL, mtlsd, receiveExactly, run, tlsClient, waitUntilClosed
@@ -234,3 +236,97 @@ class TLSVersionTests(DaemonTestMixin, SynchronousTestCase):
         )
         self.assertNotEqual(self.sClient(strict.port, directory, "-tls1_2"), 0)
         self.assertEqual(self.sClient(strict.port, directory, "-tls1_3"), 0)
+
+
+class CryptoPolicyTests(DaemonTestMixin, SynchronousTestCase):
+    """
+    The key-exchange groups and signature algorithms, against C{openssl
+    s_client} and C{mtlsd connect}.
+    """
+
+    def setUp(self) -> None:
+        self.requireOpenSSL()
+        self.directory = self.workDirectory()
+
+    def sClient(self, port: int, *flags: str, name: str = "client") -> int:
+        assert OPENSSL is not None
+        return run(
+            [
+                OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-cert", f"mtlsd-pki/{name}.crt",
+                "-key", f"mtlsd-pki/{name}.key", "-CAfile", "mtlsd-pki/ca.crt", *flags,
+            ],
+            self.directory,
+            b"Q\n",
+        ).returncode  # fmt: skip
+
+    def test_mozillaGroups(self) -> None:
+        """
+        By default a TLS 1.3 client offering only X448 or only P-521 (which
+        OpenSSL would accept, Mozilla's profiles not) is refused in the
+        handshake; one offering X25519, P-256 or P-384 is served, and
+        X25519MLKEM768 (which this machine's openssl lacks) by C{mtlsd
+        connect}, whose OpenSSL has it.  (In TLS 1.2 a client must also
+        offer the curve of the server's ECDSA certificate, P-256 here, so
+        the groups are the scanner's to check: L{tests.test_conformance}.)
+        """
+        daemon = self.startDaemon(self.directory)
+        for group in ("X448", "secp521r1"):
+            self.assertNotEqual(self.sClient(daemon.port, "-tls1_3", "-groups", group), 0, group)
+        for group in ("X25519", "prime256v1", "secp384r1"):
+            self.assertEqual(self.sClient(daemon.port, "-tls1_3", "-groups", group), 0, group)
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: TLS error: ")
+        connect = mtlsd(
+            "connect", f"127.0.0.1:{daemon.port}", "--tls-groups", "X25519MLKEM768",
+            cwd=self.directory, input=b"ping\n",
+        )  # fmt: skip
+        self.assertEqual((connect.returncode, connect.stdout), (0, b"ping\n"), connect.stderr)
+
+    def test_chosenGroups(self) -> None:
+        """
+        C{--tls-groups secp384r1} serves a client offering P-384 and refuses
+        one offering only X25519; C{mtlsd connect --tls-groups X448} is
+        refused by the default daemon.
+        """
+        daemon = self.startDaemon(self.directory, "--tls-groups", "secp384r1")
+        self.assertEqual(self.sClient(daemon.port, "-groups", "secp384r1"), 0)
+        self.assertNotEqual(self.sClient(daemon.port, "-groups", "X25519:prime256v1"), 0)
+        default = self.startDaemon(self.workDirectory(), "--pki", f"{self.directory}/mtlsd-pki")
+        connect = mtlsd(
+            "connect", f"127.0.0.1:{default.port}", "--tls-groups", "X448",
+            cwd=self.directory, input=b"ping\n",
+        )  # fmt: skip
+        self.assertEqual((connect.returncode, connect.stdout), (1, b""))
+        self.assertNotIn(b"Traceback", connect.stderr)
+
+    def test_signatureAlgorithms(self) -> None:
+        """
+        With C{--tls-sigalgs ECDSA+SHA256} the daemon asks for
+        ecdsa_secp256r1_sha256 alone: a TLS 1.3 client whose key is P-384
+        cannot sign with it, sends no certificate and is refused; the P-256
+        client is served, and the P-384 one by a daemon without the option.
+        """
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from mtlsd._pki import DevelopmentPKI, certificatePEM, keyPEM, makeCertificate
+
+        pki = DevelopmentPKI(os.path.join(self.directory, "mtlsd-pki"))
+        pki.init()
+        key = ec.generate_private_key(ec.SECP384R1())
+        with open(pki.path("ca.crt"), "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(pki.path("ca.key"), "rb") as f:
+            caKey = serialization.load_pem_private_key(f.read(), None)
+        p384 = makeCertificate("p384", key, (ca, caKey))  # type: ignore[arg-type]
+        pki.path("p384.crt").write_bytes(certificatePEM(p384))
+        pki.path("p384.key").write_bytes(keyPEM(key))
+        daemon = self.startDaemon(self.directory, "--tls-sigalgs", "ECDSA+SHA256")
+        # In TLS 1.3 the server judges the client's certificate after
+        # s_client's handshake is done: the daemon's log says.
+        self.sClient(daemon.port, "-tls1_3", name="p384")
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: no client certificate")
+        self.sClient(daemon.port, "-tls1_3")
+        daemon.waitForLog(r"accepted 127\.0\.0\.1:\d+: CN=client ")
+        plain = self.startDaemon(self.workDirectory(), "--pki", f"{self.directory}/mtlsd-pki")
+        self.sClient(plain.port, "-tls1_3", name="p384")
+        plain.waitForLog(r"accepted 127\.0\.0\.1:\d+: CN=p384 ")
+        self.assertNotIn("CN=p384", daemon.log())

@@ -3,6 +3,8 @@ Tests for L{mtlsd._client}: the client verifies the server's chain and name,
 fails closed, and explains every failure.
 """
 
+from typing import Any
+
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -12,6 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mtlsd import ServerNotTrusted, ServerRejectedClient
 from mtlsd._client import RIGHT_AFTER_HANDSHAKE, describeClientFailure
+from mtlsd._errors import ConfigurationError
+from mtlsd._verify import MOZILLA_GROUPS, tlsGroups
 from mtlsd.testing import (
     CertificateAuthority,
     MemoryConnection,
@@ -364,3 +368,67 @@ class MinimumVersionTests(SynchronousTestCase):
             c = MemoryConnection(server, settings.connectionCreator("localhost"))
             c.flush()
             self.assertEqual(c.app.made, connects, minimum)
+
+
+class GroupsTests(SynchronousTestCase):
+    """
+    The key-exchange groups both sides offer (C{--tls-groups}).
+    """
+
+    def connect(
+        self, serverGroups: tuple[str, ...] | None, clientGroups: tuple[str, ...] | None
+    ) -> MemoryConnection:
+        import attrs
+
+        ca = CertificateAuthority()
+        client = ca.issue("alice")
+        chosen: dict[str, Any] = {} if serverGroups is None else {"groups": serverGroups}
+        server = serverContext(ca.server(), [ca.certificate], **chosen)
+        settings = clientContext(client, [ca.certificate]).settings
+        if clientGroups is not None:
+            settings = attrs.evolve(settings, groups=clientGroups)
+        c = MemoryConnection(server, settings.connectionCreator("localhost"))
+        c.flush()
+        return c
+
+    def negotiated(self, c: MemoryConnection) -> str:
+        from OpenSSL._util import ffi, lib
+
+        return str(ffi.string(lib.SSL_get0_group_name(c.clientConnection._ssl)).decode())
+
+    def test_mozillaByDefault(self) -> None:
+        """
+        By default both sides offer Mozilla's groups, and agree on the first,
+        X25519MLKEM768 (hybrid post-quantum); a client offering only X448 or
+        P-521 is refused, as is a server limited to them.
+        """
+        self.assertEqual(tlsGroups(None), MOZILLA_GROUPS)
+        c = self.connect(None, None)
+        self.assertTrue(c.app.made)
+        self.assertEqual(self.negotiated(c), "X25519MLKEM768")
+        for only in ("X448", "secp521r1"):
+            self.assertFalse(self.connect(None, (only,)).app.made, only)
+            self.assertFalse(self.connect((only,), None).app.made, only)
+
+    def test_chosen(self) -> None:
+        """
+        Chosen groups are offered in their order: the server's choice among
+        the client's.
+        """
+        c = self.connect(("secp384r1", "X25519"), None)
+        self.assertEqual(self.negotiated(c), "secp384r1")
+        c = self.connect(None, ("prime256v1",))
+        self.assertEqual(self.negotiated(c), "secp256r1")  # OpenSSL's other name
+
+    def test_lacking(self) -> None:
+        """
+        A default group this OpenSSL lacks is dropped (and named by
+        L{lackingGroups}); a chosen one is an error naming it.
+        """
+        import mtlsd._verify as verify
+
+        self.patch(verify, "MOZILLA_GROUPS", ("X25519", "MLKEM9999"))
+        self.assertEqual(verify.tlsGroups(None), ("X25519",))
+        self.assertEqual(verify.lackingGroups(), ("MLKEM9999",))
+        error = self.assertRaises(ConfigurationError, verify.tlsGroups, "X25519:MLKEM9999")
+        self.assertIn("'MLKEM9999' is not a TLS group", str(error))

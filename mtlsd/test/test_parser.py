@@ -44,6 +44,7 @@ from mtlsd._parser import DescriptionError
 from mtlsd._pki import CLIENT_AUTH, certificatePEM, keyPEM, makeCertificate, newKey
 from mtlsd._reasons import verifyErrorText
 from mtlsd._signals import SignalFanOut
+from mtlsd._verify import MOZILLA_GROUPS, OPENSSL_VERSION
 from mtlsd.testing import (
     CertificateAuthority,
     Credentials,
@@ -119,6 +120,20 @@ class ServerStringTests(SynchronousTestCase):
         context = endpoint._context
         self.assertEqual(len(context.settings.trusted), 2)
         self.assertEqual(len(context.settings.policy.commonNames), 1)
+        self.assertEqual(context.settings.groups, MOZILLA_GROUPS)
+
+    def test_cryptoPolicy(self) -> None:
+        """
+        C{tlsGroups=} and C{tlsSigalgs=} choose the key-exchange groups and
+        the signature algorithms, as C{--tls-groups} and C{--tls-sigalgs}.
+        """
+        endpoint = self.parse(
+            f"mtls:8443:certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+            ":tlsGroups=secp384r1\\:X25519:tlsSigalgs=ECDSA+SHA256"
+        )
+        settings = endpoint._context.settings
+        self.assertEqual(settings.groups, ("secp384r1", "X25519"))
+        self.assertEqual(settings.signatureAlgorithms, "ECDSA+SHA256")
 
     def test_clientCA(self) -> None:
         """
@@ -262,6 +277,16 @@ class ServerSettingsTests(SynchronousTestCase):
                 "mtls: tlsMinVersion='1.1' must be 1.2 or 1.3",
             ),
             (
+                f"mtls:1:{self.base}:tlsGroups=X448\\:X2559",
+                "mtls: tlsGroups=X448:X2559: 'X2559' is not a TLS group "
+                f"{OPENSSL_VERSION} knows; give OpenSSL names such as X25519:prime256v1.",
+            ),
+            (
+                f"mtls:1:{self.base}:tlsSigalgs=MD5",
+                f"mtls: tlsSigalgs=MD5: {OPENSSL_VERSION} does not accept this list of signature"
+                " algorithms; give names such as ECDSA+SHA256:rsa_pss_rsae_sha256.",
+            ),
+            (
                 f"mtls:{self.base}:endpoint=bogus\\:1",
                 "mtls: endpoint='bogus:1': Unknown endpoint type: 'bogus'",
             ),
@@ -273,6 +298,11 @@ class ServerSettingsTests(SynchronousTestCase):
         for description, message in [
             ("mtls:host=a:port=x:caCerts=/nope", "mtls: port='x' is not a whole number"),
             ("mtls:host=a:port=0:caCerts=/nope", "mtls: port='0' must be from 1 to 65535"),
+            (
+                "mtls:host=a:port=1:caCerts=/nope:tlsGroups=P-999",
+                f"mtls: tlsGroups=P-999: 'P-999' is not a TLS group {OPENSSL_VERSION} knows;"
+                " give OpenSSL names such as X25519:prime256v1.",
+            ),
         ]:
             error = self.assertRaises(
                 DescriptionError, clientFromString, MemoryReactorClock(), description

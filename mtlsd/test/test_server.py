@@ -696,6 +696,30 @@ class PyOpenSSLNamesTests(SynchronousTestCase):
         self.assertTrue(callable(lib.X509_STORE_CTX_set_error))
         self.assertTrue(callable(lib.SSL_CTX_set_verify))
         self.assertTrue(callable(ffi.callback))
+        self.assertTrue(callable(lib.SSL_CTX_set1_curves_list))  # SSL_CTX_set1_groups_list
+        self.assertTrue(callable(lib.SSL_CTX_set1_sigalgs_list))
+
+    def test_noTicketKeys(self) -> None:
+        """
+        pyOpenSSL's bindings (cryptography's, with OpenSSL linked in and its
+        symbols hidden) cannot set session ticket keys: neither C{SSL_CTX_ctrl}
+        (for C{SSL_CTRL_SET_TLSEXT_TICKET_KEYS}) nor a ticket key callback
+        nor an external session cache is bound, so session tickets cannot
+        be shared between processes (README, "Session resumption").  When
+        this fails, they can: build C{--session-ticket-key-file}.
+        """
+        from OpenSSL._util import lib
+
+        for name in (
+            "SSL_CTX_ctrl",
+            "SSL_CTX_set_tlsext_ticket_keys",
+            "SSL_CTX_set_tlsext_ticket_key_cb",
+            "SSL_CTX_set_tlsext_ticket_key_evp_cb",
+            "SSL_CTX_sess_set_new_cb",
+            "SSL_CTX_sess_set_get_cb",
+            "SSL_CTX_add_session",
+        ):
+            self.assertFalse(hasattr(lib, name), name)
 
 
 class AcceptedTextTests(_LoggingTestCase):
