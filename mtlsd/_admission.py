@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 from weakref import WeakKeyDictionary
 
+from attrs import frozen
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL.crypto import (
@@ -28,24 +29,62 @@ from twisted.internet.defer import Deferred
 from ._identity import PeerIdentity, identityFromCertificate
 from ._policy import ALLOW_KINDS, AllowPolicy
 from ._reasons import ISSUER_NOT_CA, NO_LONGER_TRUSTED, NOT_ALLOWED, REVOKED, verifyErrorText
+from ._sessions import LiveSession, SessionRegistry
 from ._settings import ServerTLSSettings
 from ._verify import VerifyFailure, subjectOf
 
 _Codes = SSL.X509VerificationCodes
 
-Verdict: TypeAlias = VerifyFailure | None
+
+@frozen
+class Admitted:
+    """
+    A further check's admission, with what it found: C{note} (such as
+    C{ocsp=good}) is added to the client's C{accepted} event.
+    """
+
+    note: str
+
+
+Verdict: TypeAlias = VerifyFailure | Admitted | None
 """
-What L{Admission} decides: L{None} admits; a L{VerifyFailure} refuses, with
-the reason, the log fields, and the X.509 error whose alert the client gets.
+What L{Admission} decides: L{None} (or an L{Admitted} note) admits; a
+L{VerifyFailure} refuses, with the reason, the log fields, and the X.509
+error whose alert the client gets.
 """
+
+Refusal: TypeAlias = VerifyFailure | None
 
 AdmissionCheck = Callable[
     [x509.Certificate, Sequence[x509.Certificate]], "Verdict | Deferred[Verdict]"
 ]
 """
 A further check of a client after its handshake (OCSP, say): given its
-certificate and the intermediates it sent, a verdict now or later.
+certificate and the chain above it that OpenSSL verified (its issuer first,
+up to the trust anchor; empty for a certificate trusted as itself), a
+verdict now or later.  The same check is asked again about live sessions
+when it says so (see L{Rechecking}): a refusal for a revoked certificate
+(C{X509_V_ERR_CERT_REVOKED}) then cuts the session.
 """
+
+
+@runtime_checkable
+class Rechecking(Protocol):
+    """
+    An L{AdmissionCheck} whose verdicts expire (cached OCSP answers, say):
+    asked on each reload tick whether the live sessions are due for another
+    look.
+    """
+
+    def __call__(
+        self, certificate: x509.Certificate, path: Sequence[x509.Certificate]
+    ) -> Verdict | Deferred[Verdict]: ...
+
+    def recheckDue(self) -> bool:
+        """
+        @return: whether a verdict given since the last recheck has expired.
+        """
+
 
 _NEVER = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 
@@ -71,7 +110,7 @@ def refusal(
     return VerifyFailure(errno, 0, subjectOf(certificate), reason, details)
 
 
-def _policyRefusal(policy: AllowPolicy, certificate: x509.Certificate) -> Verdict:
+def _policyRefusal(policy: AllowPolicy, certificate: x509.Certificate) -> Refusal:
     """
     Refuse a client the allow-list does not admit, or whose certificate
     cryptography cannot read (fail closed).
@@ -142,7 +181,7 @@ class Admission:
 
     def verifyStep(
         self, connection: SSL.Connection, certificate: X509, depth: int, inForce: Admission
-    ) -> Verdict:
+    ) -> Refusal:
         """
         Judge a certificate OpenSSL verified in a full handshake begun under
         these settings.  OpenSSL asks for each certificate of the chain it
@@ -197,46 +236,95 @@ class Admission:
             verdict = self.resumed(certificate, chain, now)
         else:
             verdict = None
-        if verdict is not None:
+        if verdict is not None or not self._checks:
             return verdict
-        return self._furtherChecks(certificate, chain, self._checks)
+        return self._furtherChecks(certificate, self._path(certificate, chain), self._checks, ())
+
+    def _path(
+        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> list[x509.Certificate]:
+        """
+        The chain above C{certificate} that the trust in force verifies, its
+        issuer first (the sent intermediates if it does not).
+        """
+        try:
+            verified = X509StoreContext(
+                self._store,
+                X509.from_cryptography(certificate),
+                [X509.from_cryptography(c) for c in chain],
+            ).get_verified_chain()
+        except X509StoreContextError:
+            return list(chain)
+        return [c.to_cryptography() for c in verified[1:]] or list(chain)
 
     def _furtherChecks(
         self,
         certificate: x509.Certificate,
-        chain: Sequence[x509.Certificate],
+        path: Sequence[x509.Certificate],
         checks: tuple[AdmissionCheck, ...],
+        notes: tuple[str, ...],
     ) -> Verdict | Deferred[Verdict]:
         """
-        Run C{checks} one after the other until one refuses.
+        Run C{checks} one after the other until one refuses; the notes of
+        those that admit are kept.
         """
         for number, check in enumerate(checks):
-            verdict = check(certificate, chain)
+            verdict = check(certificate, path)
             if isinstance(verdict, Deferred):
                 return verdict.addCallback(
-                    self._thenFurther, certificate, chain, checks[number + 1 :]
+                    self._thenFurther, certificate, path, checks[number + 1 :], notes
                 )
-            if verdict is not None:
+            if isinstance(verdict, VerifyFailure):
                 return verdict
-        return None
+            if verdict is not None:
+                notes += (verdict.note,)
+        return Admitted(" ".join(notes)) if notes else None
 
     def _thenFurther(
         self,
         verdict: Verdict,
         certificate: x509.Certificate,
-        chain: Sequence[x509.Certificate],
+        path: Sequence[x509.Certificate],
         checks: tuple[AdmissionCheck, ...],
+        notes: tuple[str, ...],
     ) -> Verdict | Deferred[Verdict]:
-        if verdict is not None:
+        if isinstance(verdict, VerifyFailure):
             return verdict
-        return self._furtherChecks(certificate, chain, checks)
+        if verdict is not None:
+            notes += (verdict.note,)
+        return self._furtherChecks(certificate, path, checks, notes)
+
+    def recheck(self, sessions: SessionRegistry) -> None:
+        """
+        Ask the further checks again about every live session, and cut
+        those whose certificate they find revoked (a check that cannot
+        answer cuts no one).
+        """
+        for session in sessions:
+            certificate, chain = session.peer()
+            verdict = self._furtherChecks(
+                certificate, self._path(certificate, chain), self._checks, ()
+            )
+            if isinstance(verdict, Deferred):
+                verdict.addCallback(self._cutIfRevoked, session, sessions)
+            else:
+                self._cutIfRevoked(verdict, session, sessions)
+
+    @staticmethod
+    def _cutIfRevoked(verdict: Verdict, session: LiveSession, sessions: SessionRegistry) -> None:
+        if (
+            isinstance(verdict, VerifyFailure)
+            and verdict.errno == _Codes.ERR_CERT_REVOKED
+            and session in sessions
+        ):
+            session.cut(verdict.reason)
 
     def resumed(
         self,
         certificate: x509.Certificate,
         chain: Sequence[x509.Certificate],
         now: datetime.datetime,
-    ) -> Verdict:
+    ) -> Refusal:
         """
         Decide for a session resumed under the settings that verified it in
         full: only time can have changed the verdict (the ticket was issued
@@ -255,7 +343,7 @@ class Admission:
             return None
         return self.decide(certificate, chain, now)
 
-    def expired(self, notAfter: datetime.datetime, now: datetime.datetime) -> Verdict:
+    def expired(self, notAfter: datetime.datetime, now: datetime.datetime) -> Refusal:
         """
         Decide for a live session whose client certificate ends at
         C{notAfter}: admitted while it is valid.
@@ -269,7 +357,7 @@ class Admission:
         certificate: x509.Certificate,
         chain: Sequence[x509.Certificate],
         now: datetime.datetime | None = None,
-    ) -> Verdict:
+    ) -> Refusal:
         """
         Decide in full for a client presenting C{certificate} and C{chain}
         (the intermediates it sent), as of C{now} (default: now).

@@ -25,7 +25,7 @@ from twisted.internet.ssl import (
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from ._admission import Admission, AdmissionCheck
+from ._admission import Admission, AdmissionCheck, Rechecking
 from ._sessions import SessionRegistry
 from ._settings import ServerTLSSettings
 from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setCryptoPolicy, setVerify
@@ -195,6 +195,16 @@ class ServerContext:
         return self.sessions.cutWhere(
             lambda session: self.admission.expired(session.peerNotAfter, now)
         )
+
+    def recheck(self) -> None:
+        """
+        Ask the further checks again about the live sessions if one of them
+        has verdicts that expired (see L{Rechecking}): a certificate found
+        revoked since has its sessions cut.
+        """
+        due = [check.recheckDue() for check in self._checks if isinstance(check, Rechecking)]
+        if any(due) and self.sessions:
+            self.admission.recheck(self.sessions)
 
     def verifyFailure(self, connection: SSL.Connection) -> VerifyFailure | None:
         """

@@ -48,6 +48,9 @@ JSON_NAMES: Mapping[str, str] = {
     "method": "method",
     "status": "status",
     "headers": "headers",
+    "checks": "checks",
+    "responder": "responder",
+    "result": "result",
 }
 
 
@@ -105,7 +108,8 @@ EVENTS: Mapping[str, Event] = {
         Event(
             "accepted",
             LogLevel.info,
-            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}{uriText}",
+            "accepted {client}: CN={commonName} sha256={fingerprint} serial={serial}{uriText}"
+            "{checksText}",
             (
                 "client",
                 "commonName",
@@ -114,6 +118,7 @@ EVENTS: Mapping[str, Event] = {
                 "uris",
                 "resumed",
                 "handshakeDuration",
+                "checks",
             ),
             (
                 Metric(
@@ -281,6 +286,40 @@ EVENTS: Mapping[str, Event] = {
                     "twisted.web requests refused by mtlsd.web.requireIdentity.",
                 ),
             ),
+        ),
+        Event(
+            "ocsp-answer",
+            LogLevel.debug,
+            "OCSP {responder}: {result} for serial {serial}",
+            ("responder", "result", "serial", "error"),
+            (
+                Metric(
+                    "mtlsd_ocsp_requests",
+                    "counter",
+                    "OCSP requests sent, by result: good, revoked, unknown, invalid (an answer"
+                    " that cannot be relied on), unavailable (no answer).",
+                    (("result", "result"),),
+                ),
+            ),
+        ),
+        Event(
+            "ocsp-cache-hit",
+            LogLevel.debug,
+            "OCSP: cached answer for serial {serial}",
+            ("serial",),
+            (Metric("mtlsd_ocsp_cache_hits", "counter", "OCSP answers taken from the cache."),),
+        ),
+        Event(
+            "ocsp-unavailable",
+            LogLevel.warn,
+            "WARNING: OCSP responder {responder} failed ({error}): {then} until it answers",
+            ("responder", "error"),
+        ),
+        Event(
+            "ocsp-available",
+            LogLevel.info,
+            "OCSP responder {responder} answers again",
+            ("responder",),
         ),
         Event("outbound-lost", LogLevel.info, "outbound connection lost: {error}", ("error",)),
         Event(

@@ -19,7 +19,7 @@ import idna
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from ._errors import ConfigurationError
 from ._files import loadCertificates, loadCRLs, loadPrivateKey
@@ -120,6 +120,7 @@ def makeCertificate(
     organizationalUnit: str | None = None,
     notBefore: datetime.datetime | None = None,
     days: int = 365,
+    ocspURL: str | None = None,
 ) -> x509.Certificate:
     """
     Make an X.509 certificate.
@@ -136,6 +137,8 @@ def makeCertificate(
     @param organizationalUnit: an OU for the subject.
     @param notBefore: start of validity (default: one hour ago).
     @param days: length of validity in days.
+    @param ocspURL: the OCSP responder to name in its Authority Information
+        Access extension.
     @return: the certificate.
     """
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
@@ -185,6 +188,17 @@ def makeCertificate(
         )
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    if ocspURL:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocspURL)
+                    )
+                ]
+            ),
+            critical=False,
+        )
     general = _generalNames(names, uris, emails)
     if general:
         builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)

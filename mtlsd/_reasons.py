@@ -30,6 +30,9 @@ NOT_ALLOWED = "not allowed by policy"
 REVOKED = "revoked"
 NO_LONGER_TRUSTED = "no longer trusted"
 ISSUER_NOT_CA = "issuer is a client certificate, not a CA"
+OCSP_REVOKED = "certificate revoked (OCSP)"
+OCSP_UNKNOWN = "OCSP status unknown"
+OCSP_UNAVAILABLE = "OCSP responder unavailable"
 
 
 def verifyErrorText(errno: int) -> str:

@@ -148,6 +148,7 @@ class TrustReloader(Service):
                 # may be near its end.
                 if not self._keepLiveSessions:
                     self.context.cutExpired()
+                    self.context.recheck()
                 self._warn()
                 return False
             self.reload()

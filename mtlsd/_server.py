@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._address import formatAddress, noDelay, unixClient
-from ._admission import Verdict
+from ._admission import Admitted, Verdict
 from ._context import ServerContext
 from ._events import emit
 from ._halfclose import HalfCloseForwarding
@@ -52,6 +52,7 @@ from ._reasons import (
     handshakeFailureReason,
 )
 from ._tls import TLSFactory
+from ._verify import VerifyFailure
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # Twisted's default listen backlog is 50: a burst of connections beyond it
@@ -327,10 +328,10 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         self._pending = None
         if self._lost:
             return  # gone while its admission was pending: already logged
-        if verdict is not None:
+        if isinstance(verdict, VerifyFailure):
             self._refuse(verdict.reason, verdict.fields)
         else:
-            self._admit(certificate, chain, resumed, peer)
+            self._admit(certificate, chain, resumed, peer, verdict)
 
     def _checkFailed(self, failure: Failure) -> None:
         self._pending = None
@@ -343,10 +344,11 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         chain: tuple[x509.Certificate, ...],
         resumed: bool,
         peer: _Peer,
+        admitted: Admitted | None = None,
     ) -> None:
         """
-        Let the client in: log it, start its limits' timers and the
-        application.
+        Let the client in: log it (with what the further checks found,
+        C{admitted}), start its limits' timers and the application.
         """
         self._cancelTimeout()
         context = self.factory.context
@@ -366,6 +368,8 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             uris=peer.uris,
             uriText="".join(f" uri={uri}" for uri in peer.uris),
             resumed=resumed,
+            checks=admitted.note if admitted else None,
+            checksText=f" {admitted.note}" if admitted else "",
             handshakeDuration=clock.seconds() - self._startedAt,
         )
         if limits.idleTimeout is not None:

@@ -56,6 +56,9 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._sessions))
 
+    def __contains__(self, session: object) -> bool:
+        return session in self._sessions
+
     def add(self, session: LiveSession) -> None:
         """
         A connection was admitted.

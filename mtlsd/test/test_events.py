@@ -20,7 +20,7 @@ from mtlsd._metrics import Metrics
 PACKAGE = os.path.dirname(os.path.abspath(mtlsd.__file__))
 README = os.path.join(os.path.dirname(PACKAGE), "README.md")
 # Fields of the text lines only, computed by their emitters.
-TEXT_ONLY = {"uriText", "detail", "trustedText", "crlsText", "cutText"}
+TEXT_ONLY = {"uriText", "detail", "trustedText", "crlsText", "cutText", "checksText", "then"}
 
 
 def sources() -> dict[str, str]:
