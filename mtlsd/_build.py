@@ -26,6 +26,7 @@ from zope.interface import implementer
 from ._admission import AdmissionCheck
 from ._context import ServerContext
 from ._files import Path
+from ._ocsp import OCSPSettings
 from ._policy import AllowPolicy
 from ._reload import DEFAULT_RELOAD_INTERVAL, TrustReloader
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimits, gateFactory
@@ -76,8 +77,10 @@ class ServerConfiguration:
     @ivar keepLiveSessions: after a reload, keep the connections the new
         trust would refuse.
     @ivar quietRejections: log rejected handshakes at debug level only.
+    @ivar ocsp: how client certificates are checked with OCSP (L{None}:
+        they are not).
     @ivar checks: further checks of each client after its handshake (see
-        L{AdmissionCheck}), such as a revocation source.
+        L{AdmissionCheck}), after OCSP's.
     """
 
     certificate: Path
@@ -101,6 +104,7 @@ class ServerConfiguration:
     reloadInterval: float = DEFAULT_RELOAD_INTERVAL
     keepLiveSessions: bool = False
     quietRejections: bool = False
+    ocsp: OCSPSettings | None = None
     checks: tuple[AdmissionCheck, ...] = field(default=(), converter=_checks)
 
     def load(self) -> ServerTLSSettings:
@@ -160,7 +164,10 @@ class MtlsServer:
         """
         self.configuration = configuration
         self._reactor = reactor
-        self.context = ServerContext(configuration.load(), configuration.checks)
+        checks = configuration.checks
+        if configuration.ocsp is not None:
+            checks = (configuration.ocsp.checker(reactor), *checks)
+        self.context = ServerContext(configuration.load(), checks)
         self.reloader = TrustReloader(
             self.context,
             configuration.load,

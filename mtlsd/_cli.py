@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from ._client import ClientTLSSettings
 from ._errors import ConfigurationError
 from ._files import loadCertificateAndKey, loadCRLs, parseCertificates, readFile
 from ._inspect import describeCertificate, describeCRL
+from ._ocsp import checkResponderURL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._verify import tlsGroups
 
@@ -107,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     pki = commands.add_parser("pki", help="make a development PKI and certificates")
-    pkiCommands = pki.add_subparsers(dest="pkiCommand", required=True, metavar="init|issue|revoke")
+    pkiCommands = pki.add_subparsers(
+        dest="pkiCommand", required=True, metavar="init|issue|revoke|ocsp-index"
+    )
     init = pkiCommands.add_parser(
         "init",
         help="create a development PKI",
@@ -122,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="another DNS name or IP address for the server certificate (repeatable)",
+    )
+    init.add_argument(
+        "--ocsp-url",
+        metavar="URL",
+        help="the OCSP responder the certificates issued from now on name; also writes"
+        " ocsp.crt/ocsp.key (the responder's) and index.txt (see ocsp-index)",
     )
     issue = pkiCommands.add_parser(
         "issue",
@@ -146,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("name", metavar="NAME")
     revoke.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
+    ocspIndex = pkiCommands.add_parser(
+        "ocsp-index",
+        help="write index.txt for openssl ocsp",
+        description="Write index.txt, the certificate database 'openssl ocsp -index' serves:"
+        " every certificate of the PKI, revoked if crl.pem lists it (issue and revoke"
+        " keep it up to date once 'pki init --ocsp-url' was run).",
+    )
+    ocspIndex.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
 
     inspect = commands.add_parser(
         "inspect",
@@ -198,10 +216,21 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     if args.pkiCommand == "init":
         pki = DevelopmentPKI(args.directory)
         verb = "kept the existing" if pki.exists() else "created a"
-        pki.init(args.server_name)
+        if args.ocsp_url is not None:
+            checkResponderURL(args.ocsp_url, "--ocsp-url")
+        pki.init(args.server_name, args.ocsp_url)
         out.write(f"{verb} development PKI in {pki.directory.absolute()}\n")
+        if args.ocsp_url is not None:
+            _ocspHint(pki, out)
         return 0
     pki = DevelopmentPKI(args.pki)
+    if args.pkiCommand == "ocsp-index":
+        if not pki.exists():
+            raise ConfigurationError(f"no PKI in {args.pki}: run 'mtlsd pki init' first.")
+        listed, revoked = pki.writeIndex()
+        out.write(f"wrote {pki.path('index.txt')}: {listed} certificates, {revoked} revoked\n")
+        _ocspHint(pki, out)
+        return 0
     if args.pkiCommand == "revoke":
         crl = pki.revoke(args.name)
         count = f"{len(crl)} certificate{'' if len(crl) == 1 else 's'}"
@@ -219,6 +248,23 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
     )
     out.write(f"wrote {pki.path(args.name + '.crt')} and {pki.path(args.name + '.key')}\n")
     return 0
+
+
+def _ocspHint(pki: DevelopmentPKI, out: IO[str]) -> None:
+    """
+    Say how to serve the PKI's OCSP answers with OpenSSL.
+    """
+    url = pki.ocspURL()
+    port = urlsplit(url).port if url else None
+    signer = "ocsp" if pki.path("ocsp.crt").exists() else "ca"
+    d = pki.directory
+    out.write(
+        f"serve it: openssl ocsp -index {d / 'index.txt'} -CA {d / 'ca.crt'}"
+        f" -rsigner {d / (signer + '.crt')} -rkey {d / (signer + '.key')}"
+        f" -port {port or 8888} -nmin 5\n"
+    )
+    if url is None:
+        out.write("(the certificates name no responder: run 'mtlsd pki init --ocsp-url URL')\n")
 
 
 def _readForInspection(

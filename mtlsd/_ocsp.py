@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from io import BytesIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from attrs import frozen
 from cryptography import x509
@@ -37,11 +37,18 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from ._admission import Admitted, Verdict, refusal
+from ._errors import ConfigurationError
 from ._events import emit
 from ._reasons import OCSP_REVOKED, OCSP_UNAVAILABLE, OCSP_UNKNOWN
 
@@ -99,12 +106,24 @@ def responderOf(certificate: x509.Certificate) -> str | None:
     return None
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """
+    Agent's connection factory, without its two log lines per request
+    ("Starting factory", "Stopping factory": Twisted issue 9235); the usual
+    remedy (autopush, vumi) as Agent has no option for it.
+    """
+
+    noisy = False
+
+
 def agentFetch(reactor: IReactorTime) -> Fetch:
     """
     Send OCSP requests with Twisted's L{Agent}: by GET when the encoded
     request is short enough (RFC 6960 A.1, RFC 5019), else by POST.
     """
-    agent = Agent(reactor)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    agent = Agent(reactor, pool=pool)
 
     def fetch(url: str, request: bytes) -> Deferred[bytes]:
         encoded = quote(base64.b64encode(request).decode("ascii"), safe="")
@@ -266,6 +285,54 @@ def _about(
         expected.issuer_name_hash,
         expected.issuer_key_hash,
     )
+
+
+def checkResponderURL(url: str, option: str = "--ocsp-responder") -> str:
+    """
+    @return: C{url}, an C{http:} or C{https:} URL with a host.
+    @raise ConfigurationError: for anything else.
+    """
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigurationError(
+            f"{option} {url!r} is not an http:// or https:// URL of an OCSP responder."
+        )
+    return url
+
+
+@frozen
+class OCSPSettings:
+    """
+    How client certificates are checked with OCSP (see L{OCSPChecker}).
+
+    @ivar responder: the responder of every certificate (L{None}: the one
+        each names in its Authority Information Access).
+    @ivar checkChain: check the intermediates too.
+    @ivar timeout: seconds to wait for an answer.
+    @ivar required: refuse clients whose status is not known to be good.
+    @ivar cacheSeconds: the longest an answer is cached (L{None}: until its
+        nextUpdate, or L{CACHE_SECONDS} without one).
+    """
+
+    responder: str | None = None
+    checkChain: bool = False
+    timeout: float = DEFAULT_OCSP_TIMEOUT
+    required: bool = False
+    cacheSeconds: float | None = None
+
+    def checker(self, reactor: IReactorTime) -> OCSPChecker:
+        """
+        @return: a checker asking responders through C{reactor}.
+        """
+        return OCSPChecker(
+            reactor,
+            agentFetch(reactor),
+            responder=self.responder,
+            checkChain=self.checkChain,
+            timeout=self.timeout,
+            required=self.required,
+            cacheSeconds=self.cacheSeconds,
+        )
 
 
 class OCSPChecker:

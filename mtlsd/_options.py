@@ -26,6 +26,7 @@ from ._config import configArguments, mergeArguments, repeatableOptions
 from ._errors import ConfigurationError
 from ._httpidentity import HTTPIdentity
 from ._logging import FORMATS, jsonLinesObserver
+from ._ocsp import DEFAULT_OCSP_TIMEOUT, OCSPSettings, checkResponderURL
 from ._pki import DEFAULT_PKI_DIR, DevelopmentPKI
 from ._policy import ALLOW_KINDS, AllowKind, AllowPolicy
 from ._proxyheader import VERSIONS as PROXY_VERSIONS
@@ -169,6 +170,28 @@ class Options(usage.Options):
         ],
         ["tls-min-version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3."],
         [
+            "ocsp-responder",
+            None,
+            None,
+            "With --ocsp, the responder URL for every client certificate (default: the one"
+            " each names in its Authority Information Access).",
+        ],
+        [
+            "ocsp-timeout",
+            None,
+            DEFAULT_OCSP_TIMEOUT,
+            "With --ocsp, seconds to wait for the responder",
+            _number("ocsp-timeout", float, 0.001),
+        ],
+        [
+            "ocsp-cache-seconds",
+            None,
+            None,
+            "With --ocsp, the longest an answer is cached (default: until its nextUpdate, or an"
+            " hour without one)",
+            _number("ocsp-cache-seconds", float, 0),
+        ],
+        [
             "tls-groups",
             None,
             None,
@@ -263,6 +286,18 @@ class Options(usage.Options):
             "keep-live-sessions",
             None,
             "After a reload, keep established connections whose peer is no longer admitted.",
+        ],
+        [
+            "ocsp",
+            None,
+            "Check each client certificate with its CA's OCSP responder (soft-fail: a responder"
+            " that does not answer admits the client, with a warning).",
+        ],
+        ["ocsp-check-chain", None, "With --ocsp, check the intermediates of the chain too."],
+        [
+            "ocsp-required",
+            None,
+            "With --ocsp, refuse clients whose status the responder does not confirm good.",
         ],
         [
             "unsafe-backend",
@@ -387,6 +422,24 @@ class Options(usage.Options):
                 tlsSignatureAlgorithms(self["tls-sigalgs"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
+        ocspOptions = [
+            f"--{name}"
+            for name in (
+                "ocsp-check-chain",
+                "ocsp-required",
+                "ocsp-responder",
+                "ocsp-cache-seconds",
+            )
+            if self[name]
+        ] + (["--ocsp-timeout"] if self["ocsp-timeout"] != DEFAULT_OCSP_TIMEOUT else [])
+        if ocspOptions and not self["ocsp"]:
+            verb = "goes" if len(ocspOptions) == 1 else "go"
+            raise usage.UsageError(f"{', '.join(ocspOptions)} {verb} with --ocsp.")
+        if self["ocsp-responder"]:
+            try:
+                checkResponderURL(self["ocsp-responder"])
+            except ConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
         if self["listen"] and self["port"] is not None:
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
@@ -560,4 +613,13 @@ def serverConfiguration(options: Options) -> ServerConfiguration:
         reloadInterval=options["reload-interval"],
         keepLiveSessions=options["keep-live-sessions"],
         quietRejections=options["quiet"] is not None,
+        ocsp=OCSPSettings(
+            responder=options["ocsp-responder"],
+            checkChain=options["ocsp-check-chain"],
+            timeout=options["ocsp-timeout"],
+            required=options["ocsp-required"],
+            cacheSeconds=options["ocsp-cache-seconds"],
+        )
+        if options["ocsp"]
+        else None,
     )

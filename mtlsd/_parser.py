@@ -35,6 +35,12 @@ _SERVER_KEYS = {
     "handshakeTimeout",
     "reloadInterval",
     "keepLiveSessions",
+    "ocsp",
+    "ocspResponder",
+    "ocspCheckChain",
+    "ocspRequired",
+    "ocspTimeout",
+    "ocspCacheSeconds",
     "interface",
     "backlog",
     "endpoint",
@@ -155,6 +161,30 @@ def _sigalgs(kwargs: dict[str, str]) -> str | None:
     return None if value is None else tlsSignatureAlgorithms(value, "tlsSigalgs=")
 
 
+def _ocsp(kwargs: dict[str, str]) -> Any:
+    """
+    The OCSP settings of C{ocsp=yes} and its companions, or L{None}.
+    """
+    from ._ocsp import DEFAULT_OCSP_TIMEOUT, OCSPSettings, checkResponderURL
+
+    companions = sorted(key for key in kwargs if key.startswith("ocsp") and key != "ocsp")
+    if not _flag(kwargs, "ocsp"):
+        if companions:
+            raise DescriptionError(f"mtls: {companions[0]}= goes with ocsp=yes")
+        return None
+    responder = kwargs.get("ocspResponder")
+    cacheSeconds = kwargs.get("ocspCacheSeconds")
+    return OCSPSettings(
+        responder=None if responder is None else checkResponderURL(responder, "ocspResponder="),
+        checkChain=_flag(kwargs, "ocspCheckChain"),
+        required=_flag(kwargs, "ocspRequired"),
+        timeout=_seconds("ocspTimeout", kwargs.get("ocspTimeout", str(DEFAULT_OCSP_TIMEOUT))),
+        cacheSeconds=None
+        if cacheSeconds is None
+        else _seconds("ocspCacheSeconds", cacheSeconds, zero="no cache"),
+    )
+
+
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class MtlsServerParser:
     """
@@ -228,6 +258,7 @@ class MtlsServerParser:
                 zero="only on SIGHUP",
             ),
             keepLiveSessions=_flag(kwargs, "keepLiveSessions"),
+            ocsp=_ocsp(kwargs),
         )
         plain: IStreamServerEndpoint
         if "endpoint" in kwargs:

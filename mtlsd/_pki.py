@@ -270,7 +270,15 @@ def _writeFile(path: Path, data: bytes, secret: bool = False) -> None:
 
 
 # Files of the PKI itself, which "pki issue" must never overwrite.
-_RESERVED = frozenset({"ca", "crl", "server", "client"})
+_RESERVED = frozenset({"ca", "crl", "server", "client", "ocsp"})
+OCSP_SIGNING = ExtendedKeyUsageOID.OCSP_SIGNING
+
+
+def _indexTime(moment: datetime.datetime) -> str:
+    """
+    A time as OpenSSL's C{index.txt} writes it (UTCTime until 2050).
+    """
+    return moment.strftime("%y%m%d%H%M%SZ" if moment.year < 2050 else "%Y%m%d%H%M%SZ")
 
 
 @contextmanager
@@ -290,7 +298,8 @@ class DevelopmentPKI:
     """
     The files of a development PKI in one directory, as written by
     C{mtlsd pki init}: C{ca.crt ca.key server.crt server.key client.crt
-    client.key crl.pem}.
+    client.key crl.pem}; with an OCSP responder URL (C{ocsp-url}), also
+    the responder's C{ocsp.crt ocsp.key} and its C{index.txt}.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -317,12 +326,16 @@ class DevelopmentPKI:
             )
         )
 
-    def init(self, serverNames: Sequence[str] = ()) -> None:
+    def init(self, serverNames: Sequence[str] = (), ocspURL: str | None = None) -> None:
         """
         Create what is missing of the CA, the server certificate (valid for
         localhost, 127.0.0.1, ::1 and C{serverNames}), the client
         certificate C{client} and an empty CRL.  Existing files are kept; an
         existing CA is never replaced.
+
+        With C{ocspURL}, the certificates issued from now on name that OCSP
+        responder, which signs with C{ocsp.crt} (issued by the CA for OCSP
+        signing) and serves C{index.txt} (see L{writeIndex}).
 
         @raise ConfigurationError: if only half of the CA (certificate or
             key) is there, a server name is not a DNS name or IP address, or
@@ -343,6 +356,10 @@ class DevelopmentPKI:
                 certificate = makeCertificate("mtlsd development CA", key, isCA=True, days=3650)
                 _writeFile(caKey, keyPEM(key), secret=True)
                 _writeFile(ca, certificatePEM(certificate))
+            if ocspURL is not None:
+                _writeFile(self.path("ocsp-url"), ocspURL.encode() + b"\n")
+                if not self.path("ocsp.crt").exists():
+                    self._writePair("ocsp", caSigned=True, usages=[OCSP_SIGNING])
             if not self.path("crl.pem").exists():
                 crl = makeCRL(self._ca(), days=DEV_CRL_DAYS).public_bytes(
                     serialization.Encoding.PEM
@@ -357,6 +374,58 @@ class DevelopmentPKI:
                 )
             if not (self.path("client.crt").exists() and self.path("client.key").exists()):
                 self._writePair("client", caSigned=True, usages=[CLIENT_AUTH])
+            if self.ocspURL():
+                self.writeIndex()
+
+    def ocspURL(self) -> str | None:
+        """
+        @return: the OCSP responder URL the certificates of this PKI name
+            (C{pki init --ocsp-url}), if any.
+        """
+        try:
+            return self.path("ocsp-url").read_text().strip() or None
+        except OSError:
+            return None
+
+    def writeIndex(self) -> tuple[int, int]:
+        """
+        Write C{index.txt}, OpenSSL's certificate database, which C{openssl
+        ocsp -index} serves: every certificate of this directory the CA
+        issued, revoked if C{crl.pem} lists it.
+
+        @return: how many certificates it lists, and how many are revoked.
+        """
+        ca = self._ca()[0]
+        revoked: dict[int, datetime.datetime] = {}
+        if self.path("crl.pem").exists():
+            for crl in loadCRLs(self.path("crl.pem")):
+                revoked.update((e.serial_number, e.revocation_date_utc) for e in crl)
+        lines: dict[int, str] = {}
+        for path in sorted(self.directory.glob("*.crt")):
+            for certificate in loadCertificates(path, "certificate")[:1]:
+                serial = certificate.serial_number
+                if certificate.issuer != ca.subject or certificate == ca or serial in lines:
+                    continue
+                hexSerial = f"{serial:X}"
+                hexSerial = "0" * (len(hexSerial) % 2) + hexSerial
+                # Shown by openssl only; a field of its own, without tabs.
+                subject = "/" + re.sub(r"[\x00-\x1f]", "?", certificate.subject.rfc4514_string())
+                when = revoked.get(serial)
+                lines[serial] = "\t".join(
+                    (
+                        "V" if when is None else "R",
+                        _indexTime(certificate.not_valid_after_utc),
+                        "" if when is None else _indexTime(when),
+                        hexSerial,
+                        "unknown",
+                        subject,
+                    )
+                )
+        with _fileErrors(self.directory):
+            _writeFile(
+                self.path("index.txt"), "".join(f"{line}\n" for line in lines.values()).encode()
+            )
+        return len(lines), sum(serial in revoked for serial in lines)
 
     def issue(
         self,
@@ -390,7 +459,7 @@ class DevelopmentPKI:
             )
         with _fileErrors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
-            return self._writePair(
+            certificate = self._writePair(
                 name,
                 caSigned=not selfSigned,
                 usages=[CLIENT_AUTH],
@@ -398,6 +467,9 @@ class DevelopmentPKI:
                 uris=uris,
                 days=days,
             )
+        if self.ocspURL() and not selfSigned:
+            self.writeIndex()
+        return certificate
 
     def revoke(self, name: str) -> x509.CertificateRevocationList:
         """
@@ -420,6 +492,8 @@ class DevelopmentPKI:
         crl = makeCRL(ca, sorted(revoked), days=DEV_CRL_DAYS)
         with _fileErrors(self.directory):
             _writeFile(self.path("crl.pem"), crl.public_bytes(serialization.Encoding.PEM))
+        if self.ocspURL():
+            self.writeIndex()
         return crl
 
     def _writePair(
@@ -434,9 +508,10 @@ class DevelopmentPKI:
     ) -> x509.Certificate:
         issuer = self._ca() if caSigned else None
         key = newKey()
+        ocspURL = self.ocspURL() if caSigned and OCSP_SIGNING not in usages else None
         try:
             certificate = makeCertificate(
-                name, key, issuer, usages=usages, names=names, uris=uris, days=days
+                name, key, issuer, usages=usages, names=names, uris=uris, days=days, ocspURL=ocspURL
             )
         except ValueError as e:  # e.g. a name that is not valid IDNA
             raise ConfigurationError(f"cannot make certificate {name}: {e}") from None

@@ -47,6 +47,7 @@ from ._events import emit
 from ._halfclose import HalfCloseForwarding
 from ._policy import ALLOW_KINDS
 from ._reasons import (
+    CLOSED_BEFORE_ADMISSION,
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
     handshakeFailureReason,
@@ -59,6 +60,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # waits for TCP's SYN retransmission (a second or more).  The kernel caps it
 # at net.core.somaxconn.
 DEFAULT_BACKLOG = 1024
+# Bytes a client may send while its admission is pending before it is paused.
+EARLY_LIMIT = 64 * 1024
 
 log = Logger(namespace="mtlsd")
 
@@ -192,6 +195,9 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     _lifetime: IDelayedCall | None = None
     _refusal: tuple[str, dict[str, object]] | None = None
     _pending: Deferred[Verdict] | None = None
+    _early: list[bytes] | None = None  # received while the verdict was pending
+    _earlyEnd = False  # the client closed its direction meanwhile
+    _earlyPaused = False
     _lost = False
     peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
     _peer: _Peer | None = None
@@ -309,6 +315,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         )
         if isinstance(verdict, Deferred):
             self._pending = verdict
+            self._early = []
             verdict.addCallbacks(
                 self._decided,
                 self._checkFailed,
@@ -326,15 +333,33 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         peer: _Peer,
     ) -> None:
         self._pending = None
+        early, self._early = self._early, None
         if self._lost:
             return  # gone while its admission was pending: already logged
         if isinstance(verdict, VerifyFailure):
             self._refuse(verdict.reason, verdict.fields)
         else:
             self._admit(certificate, chain, resumed, peer, verdict)
+            if early is not None:
+                self._replay(early)
+
+    def _replay(self, early: list[bytes]) -> None:
+        """
+        Give the application what its client sent while the verdict was
+        pending, and the end of its direction if it came meanwhile.
+        """
+        for data in early:
+            if self.wrappedProtocol is None or self._lost:
+                return
+            self.wrappedProtocol.dataReceived(data)
+        if self._earlyEnd and not self._lost:
+            HalfCloseForwarding.readConnectionLost(self)
+        elif self._earlyPaused and not self._lost:
+            self._tls.resumeProducing()
 
     def _checkFailed(self, failure: Failure) -> None:
         self._pending = None
+        self._early = None
         if not self._lost:
             self._refuse(f"admission check failed: {failure.getErrorMessage()}", {})
 
@@ -428,6 +453,19 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         self.bytesIn += len(data)
         if self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(data)
+        elif self._early is not None:
+            # Kept for the application if the client is admitted; past the
+            # limit, the client waits (TCP pushes back).
+            self._early.append(data)
+            if not self._earlyPaused and sum(map(len, self._early)) > EARLY_LIMIT:
+                self._earlyPaused = True
+                self._tls.pauseProducing()
+
+    def readConnectionLost(self) -> None:
+        if self._early is not None:
+            self._earlyEnd = True  # passed on once admitted
+        else:
+            HalfCloseForwarding.readConnectionLost(self)
 
     def write(self, data: bytes) -> None:
         self._resetIdle()
@@ -443,6 +481,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
         self._cancelTimeout()
+        pending = self._pending is not None
         if self._pending is not None:
             self._pending.cancel()
         self.factory.unregisterProtocol(self)
@@ -451,7 +490,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             return  # refused by a limit, and logged so
         self.factory.limits.release(self._host)
         if self._peer is None:
-            self._logRejection(reason)
+            self._logRejection(reason, pending)
         else:
             emit(
                 log,
@@ -465,11 +504,13 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         if self.wrappedProtocol is not None:
             self.wrappedProtocol.connectionLost(reason)
 
-    def _logRejection(self, reason: Failure) -> None:
+    def _logRejection(self, reason: Failure, pending: bool) -> None:
         failure = self.factory.context.verifyFailure(self._tls.getHandle())
         fields: dict[str, Any] = {}
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
+        elif pending:
+            text = CLOSED_BEFORE_ADMISSION
         elif self._refusal is not None:
             text, fields = self._refusal
         elif failure is not None:

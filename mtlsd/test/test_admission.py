@@ -148,6 +148,48 @@ class PendingAdmissionTests(SynchronousTestCase):
         [accepted] = self.mtlsdEvents("accepted")
         self.assertEqual(accepted["commonName"], "alice")
 
+    def test_earlyDataKept(self) -> None:
+        """
+        What the client sends while its verdict is pending, and the end of
+        its direction, reach the application once it is admitted, in order.
+        """
+        c = self.connect()
+        [(_, answer)] = self.asked
+        c.clientTLS.write(b"early ")
+        c.clientTLS.write(b"bytes")
+        c.flush()
+        self.assertFalse(c.app.made)
+        answer.callback(None)
+        c.flush()
+        self.assertEqual(c.app.received, b"early bytes")
+        c.clientTLS.write(b" and later")
+        c.flush()
+        self.assertEqual(c.app.received, b"early bytes and later")
+
+    def test_earlyDataOfARefusedClient(self) -> None:
+        """
+        What a refused client sent while pending never reaches the
+        application.
+        """
+        c = self.connect()
+        [(_, answer)] = self.asked
+        c.clientTLS.write(b"secret")
+        c.flush()
+        answer.callback(VerifyFailure(Codes.ERR_CERT_REVOKED, 0, "CN=alice", "revoked by OCSP"))
+        c.flush()
+        self.assertFalse(c.app.made)
+        self.assertEqual(c.app.received, b"")
+
+    def test_closedWhilePending(self) -> None:
+        """
+        A client gone before the verdict is logged as such.
+        """
+        c = self.connect()
+        c.clientTLS.abortConnection()
+        c.flush()
+        [rejected] = self.mtlsdEvents("rejected")
+        self.assertEqual(rejected["reason"], "closed before the admission checks answered")
+
     def test_lateRefusal(self) -> None:
         """
         A refusal arriving late is logged and counted like any other; the

@@ -40,6 +40,7 @@ from mtlsd import (
     _signals,
     peerIdentity,
 )
+from mtlsd._ocsp import OCSPChecker
 from mtlsd._parser import DescriptionError
 from mtlsd._pki import CLIENT_AUTH, certificatePEM, keyPEM, makeCertificate, newKey
 from mtlsd._reasons import verifyErrorText
@@ -134,6 +135,33 @@ class ServerStringTests(SynchronousTestCase):
         settings = endpoint._context.settings
         self.assertEqual(settings.groups, ("secp384r1", "X25519"))
         self.assertEqual(settings.signatureAlgorithms, "ECDSA+SHA256")
+
+    def test_ocsp(self) -> None:
+        """
+        C{ocsp=yes} and its companions check clients with OCSP, as the
+        daemon's C{--ocsp*} options.
+        """
+        endpoint = self.parse(
+            f"mtls:8443:certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+            ":ocsp=yes:ocspResponder=http\\://127.0.0.1\\:8888/ocsp:ocspRequired=yes"
+            ":ocspTimeout=1.5:ocspCheckChain=yes:ocspCacheSeconds=60"
+        )
+        [checker] = endpoint._context._checks
+        self.assertIsInstance(checker, OCSPChecker)
+        self.assertEqual(
+            (
+                checker._responder,
+                checker._required,
+                checker._timeout,
+                checker._checkChain,
+                checker._cacheSeconds,
+            ),
+            ("http://127.0.0.1:8888/ocsp", True, 1.5, True, 60.0),
+        )
+        plain = self.parse(
+            f"mtls:8443:certKey={self.files['server.pem']}:clientCerts={self.files['clients.pem']}"
+        )
+        self.assertEqual(plain._context._checks, ())
 
     def test_clientCA(self) -> None:
         """
@@ -280,6 +308,19 @@ class ServerSettingsTests(SynchronousTestCase):
                 f"mtls:1:{self.base}:tlsGroups=X448\\:X2559",
                 "mtls: tlsGroups=X448:X2559: 'X2559' is not a TLS group "
                 f"{OPENSSL_VERSION} knows; give OpenSSL names such as X25519:prime256v1.",
+            ),
+            (
+                f"mtls:1:{self.base}:ocspRequired=yes",
+                "mtls: ocspRequired= goes with ocsp=yes",
+            ),
+            (
+                f"mtls:1:{self.base}:ocsp=yes:ocspResponder=ftp\\://x",
+                "mtls: ocspResponder= 'ftp://x' is not an http:// or https:// URL of an OCSP"
+                " responder.",
+            ),
+            (
+                f"mtls:1:{self.base}:ocsp=yes:ocspTimeout=0",
+                "mtls: ocspTimeout='0' must be more than 0 seconds",
             ),
             (
                 f"mtls:1:{self.base}:tlsSigalgs=MD5",

@@ -170,6 +170,13 @@ class OptionsTests(SynchronousTestCase):
             (["--forward", "tcp:10.0.0.5:80"], "not on loopback or a UNIX socket"),
             (["--forward", "tcp:host=backend.example:port=80"], "give --unsafe-backend"),
             (["--tls-min-version", "1.1"], "--tls-min-version must be 1.2 or 1.3"),
+            (["--ocsp-required"], "--ocsp-required goes with --ocsp."),
+            (
+                ["--ocsp-timeout", "1", "--ocsp-check-chain"],
+                "--ocsp-check-chain, --ocsp-timeout go with",
+            ),
+            (["--ocsp", "--ocsp-responder", "127.0.0.1:8888"], "is not an http:// or https:// URL"),
+            (["--ocsp", "--ocsp-timeout", "0"], "--ocsp-timeout wants a number at least 0.001"),
             (["--tls-groups", "X25519:X2559"], "'X2559' is not a TLS group OpenSSL"),
             (["--tls-groups", ""], "'' is not a TLS group"),
             (["--tls-sigalgs", "ECDSA+MD9"], "does not accept this list of signature algorithms"),
