@@ -21,6 +21,7 @@ from mtlsd._admission import Admission
 from mtlsd._build import MtlsServer, ServerConfiguration
 from mtlsd._metrics import Metrics
 from mtlsd._policy import AllowPolicy
+from mtlsd._server import EARLY_LIMIT
 from mtlsd._settings import ServerTLSSettings
 from mtlsd._verify import VerifyFailure
 from mtlsd.test.helpers import hoursAgo
@@ -165,6 +166,26 @@ class PendingAdmissionTests(SynchronousTestCase):
         c.clientTLS.write(b" and later")
         c.flush()
         self.assertEqual(c.app.received, b"early bytes and later")
+
+    def test_earlyDataBounded(self) -> None:
+        """
+        Past L{EARLY_LIMIT} bytes sent while pending, the client is paused
+        (TCP pushes back), and resumed once admitted; nothing is lost.
+        """
+        c = self.connect()
+        [(_, answer)] = self.asked
+        calls: list[str] = []
+        transport = c.serverTLS.transport
+        transport.pauseProducing = lambda: calls.append("pause")
+        transport.resumeProducing = lambda: calls.append("resume")
+        payload = b"x" * (EARLY_LIMIT + 1)
+        c.clientTLS.write(payload)
+        c.flush()
+        self.assertEqual(calls, ["pause"])
+        answer.callback(None)
+        c.flush()
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(c.app.received, payload)
 
     def test_earlyDataOfARefusedClient(self) -> None:
         """

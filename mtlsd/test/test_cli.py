@@ -18,7 +18,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from mtlsd._cli import main, parseHostPort
 from mtlsd._files import loadCertificates, loadCRLs
 from mtlsd._identity import identityFromCertificate
-from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, certificatePEM, keyPEM, makeCRL, newKey
+from mtlsd._ocsp import responderOf
+from mtlsd._pki import (
+    CLIENT_AUTH,
+    OCSP_SIGNING,
+    SERVER_AUTH,
+    certificatePEM,
+    keyPEM,
+    makeCRL,
+    newKey,
+)
 from mtlsd.test.helpers import hoursAgo
 from mtlsd.testing import CertificateAuthority, selfSigned
 
@@ -405,6 +414,57 @@ class PKISafetyTests(SynchronousTestCase):
 
 
 class RevokeTests(SynchronousTestCase):
+    def test_ocspPKI(self) -> None:
+        """
+        C{pki init --ocsp-url} makes the certificates issued from then on
+        name the responder (not the responder's own), issues the responder's
+        certificate for OCSP signing, and keeps C{index.txt} as C{openssl
+        ocsp} reads it: one line per certificate, C{R} with the revocation
+        time once revoked.
+        """
+        pki = os.path.abspath(self.mktemp())
+        code, out, err = runCommand(self, "pki", "init", pki, "--ocsp-url", "http://127.0.0.1:8888")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"serve it: openssl ocsp -index {pki}/index.txt", out)
+        self.assertIn(f"-rsigner {pki}/ocsp.crt -rkey {pki}/ocsp.key -port 8888", out)
+        runCommand(self, "pki", "issue", "--pki", pki, "alice")
+        certificate = lambda name: loadCertificates(os.path.join(pki, f"{name}.crt"), "x")[0]  # noqa: E731
+        self.assertEqual(responderOf(certificate("alice")), "http://127.0.0.1:8888")
+        self.assertEqual(responderOf(certificate("client")), "http://127.0.0.1:8888")
+        self.assertIsNone(responderOf(certificate("ocsp")))
+        usage = certificate("ocsp").extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        self.assertEqual(list(usage.value), [OCSP_SIGNING])
+        runCommand(self, "pki", "revoke", "--pki", pki, "alice")
+        with open(os.path.join(pki, "index.txt")) as f:
+            lines = {line.split("\t")[3]: line.split("\t") for line in f.read().splitlines()}
+        self.assertEqual(len(lines), 4)  # alice, client, ocsp, server
+        alice = lines[f"{certificate('alice').serial_number:X}".zfill(40)]
+        self.assertEqual((alice[0], alice[4], alice[5]), ("R", "unknown", "/CN=alice"))
+        self.assertRegex(alice[2], r"^\d{12}Z$")
+        server = lines[f"{certificate('server').serial_number:X}".zfill(40)]
+        self.assertEqual((server[0], server[2]), ("V", ""))
+        code, out, err = runCommand(self, "pki", "ocsp-index", "--pki", pki)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("4 certificates, 1 revoked", out)
+
+    def test_ocspPKIErrors(self) -> None:
+        """
+        A responder URL that is not HTTP, or C{ocsp-index} without a PKI,
+        is one line.
+        """
+        code, out, err = runCommand(
+            self, "pki", "init", self.mktemp(), "--ocsp-url", "127.0.0.1:8888"
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            "mtlsd pki: --ocsp-url '127.0.0.1:8888' is not an http:// or https:// URL of an OCSP"
+            " responder.\n",
+        )
+        code, out, err = runCommand(self, "pki", "ocsp-index", "--pki", self.mktemp())
+        self.assertEqual(code, 1)
+        self.assertIn("run 'mtlsd pki init' first", err)
+
     def test_revoke(self) -> None:
         """
         C{pki revoke NAME} adds NAME to crl.pem, keeping earlier entries,
