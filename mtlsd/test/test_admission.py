@@ -175,7 +175,7 @@ class PendingAdmissionTests(SynchronousTestCase):
         c = self.connect()
         [(_, answer)] = self.asked
         calls: list[str] = []
-        transport = c.serverTLS.transport
+        transport: Any = c.serverTLS.transport
         transport.pauseProducing = lambda: calls.append("pause")
         transport.resumeProducing = lambda: calls.append("resume")
         payload = b"x" * (EARLY_LIMIT + 1)
