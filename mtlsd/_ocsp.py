@@ -35,6 +35,7 @@ from cryptography.x509.oid import (
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -60,7 +61,7 @@ MAX_CACHED = 10_000
 RETRY_SECONDS = 10.0  # a responder that failed is not asked again before
 LEEWAY = datetime.timedelta(minutes=5)  # clock skew allowed on thisUpdate and nextUpdate
 MAX_ANSWER = 64 * 1024  # bytes
-_GET_LIMIT = 255  # RFC 5019 2.1.1: GET for an encoded request shorter than this
+_GET_LIMIT = 255  # RFC 5019 2.1.1: GET for a request URL shorter than this
 
 Fetch = Callable[[str, bytes], "Deferred[bytes]"]
 """
@@ -118,8 +119,9 @@ class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
 
 def agentFetch(reactor: IReactorTime) -> Fetch:
     """
-    Send OCSP requests with Twisted's L{Agent}: by GET when the encoded
-    request is short enough (RFC 6960 A.1, RFC 5019), else by POST.
+    Send OCSP requests with Twisted's L{Agent}: by GET when the URL, with
+    the encoded request, is under 255 bytes (RFC 6960 A.1, RFC 5019 2.1.1:
+    cacheable), else by POST.
     """
     pool = HTTPConnectionPool(reactor, persistent=False)
     pool._factory = _QuietHTTP11ClientFactory
@@ -127,8 +129,9 @@ def agentFetch(reactor: IReactorTime) -> Fetch:
 
     def fetch(url: str, request: bytes) -> Deferred[bytes]:
         encoded = quote(base64.b64encode(request).decode("ascii"), safe="")
-        if len(encoded) < _GET_LIMIT:
-            answer = agent.request(b"GET", f"{url.rstrip('/')}/{encoded}".encode())
+        getURL = f"{url.rstrip('/')}/{encoded}"
+        if len(getURL) < _GET_LIMIT:
+            answer = agent.request(b"GET", getURL.encode())
         else:
             answer = agent.request(
                 b"POST",
@@ -143,6 +146,7 @@ def agentFetch(reactor: IReactorTime) -> Fetch:
 
 def _body(response: IResponse) -> Deferred[bytes]:
     if response.length is not UNKNOWN_LENGTH and response.length > MAX_ANSWER:
+        response.deliverBody(Protocol())  # discarded
         raise _Unusable(f"an answer of {response.length} bytes")
     body = readBody(response)
     if response.code != 200:
@@ -454,6 +458,7 @@ class OCSPChecker:
             callbackArgs=(url, certificate, issuer, nonce),
             errbackArgs=(url, certificate),
         )
+        answered.addErrback(self._broken, url, certificate)
         answered.addCallback(self._settle, key)
         return waiter
 
@@ -498,6 +503,14 @@ class OCSPChecker:
             error = failure.getErrorMessage() or failure.type.__name__  # type: ignore[union-attr]
         self._failed(url, error, "unavailable", f"{certificate.serial_number:x}")
         return _Status("unavailable", self._clock.seconds())
+
+    def _broken(self, failure: Failure, url: str, certificate: x509.Certificate) -> _Status:
+        """
+        Whatever else went wrong (a bug): logged, and the status unknown,
+        so that the clients waiting are decided.
+        """
+        log.failure("OCSP check of {responder} failed", failure, responder=url)
+        return _Status("unknown", self._clock.seconds())
 
     def _failed(self, url: str, error: str, result: str, serial: str) -> None:
         emit(log, "ocsp-answer", responder=url, result=result, serial=serial, error=error)

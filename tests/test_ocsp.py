@@ -85,6 +85,18 @@ class OCSPTests(DaemonTestMixin, SynchronousTestCase):
         self.assertIn("Received request", responder.log())
         self.assertNotIn("Starting factory", daemon.log())
 
+    def test_post(self) -> None:
+        """
+        A request whose GET URL would be 255 bytes or more goes by POST
+        (RFC 5019), here to C{--ocsp-responder} with a long path, which
+        C{openssl ocsp} ignores in a POST.
+        """
+        responder = self.startResponder()
+        daemon = self.daemon("--ocsp-responder", f"{self.url}/{'p' * 200}")
+        self.assertEqual(self.connect(daemon, "bob")[:2], (0, b"ping\n"))
+        daemon.waitForLog(r"accepted 127\.0\.0\.1:\d+: CN=bob .* ocsp=good")
+        self.assertIn("Received request, 1st line: POST /ppp", responder.log())
+
     def test_responderStopped(self) -> None:
         """
         With the responder stopped, a client is admitted with one warning
