@@ -247,15 +247,26 @@ class Admission:
         The chain above C{certificate} that the trust in force verifies, its
         issuer first (the sent intermediates if it does not).
         """
+        verified = self._verifiedChain(certificate, chain)
+        if verified is None:
+            return list(chain)
+        return [c.to_cryptography() for c in verified[1:]] or list(chain)
+
+    def _verifiedChain(
+        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> list[X509] | None:
+        """
+        The chain OpenSSL builds from C{certificate} to a trusted
+        certificate (without CRLs), or L{None} if there is none.
+        """
         try:
-            verified = X509StoreContext(
+            return X509StoreContext(
                 self._store,
                 X509.from_cryptography(certificate),
                 [X509.from_cryptography(c) for c in chain],
             ).get_verified_chain()
         except X509StoreContextError:
-            return list(chain)
-        return [c.to_cryptography() for c in verified[1:]] or list(chain)
+            return None
 
     def _furtherChecks(
         self,
@@ -363,13 +374,8 @@ class Admission:
         (the intermediates it sent), as of C{now} (default: now).
         """
         settings = self.settings
-        try:
-            verified = X509StoreContext(
-                self._store,
-                X509.from_cryptography(certificate),
-                [X509.from_cryptography(c) for c in chain],
-            ).get_verified_chain()
-        except X509StoreContextError:
+        verified = self._verifiedChain(certificate, chain)
+        if verified is None:
             return refusal(certificate, NO_LONGER_TRUSTED)
         for depth, above in enumerate(verified[1:], 1):
             if self._nonIssuers and dump_certificate(FILETYPE_ASN1, above) in self._nonIssuers:
