@@ -221,6 +221,11 @@ def _pki(args: argparse.Namespace, out: IO[str]) -> int:
         pki.init(args.server_name, args.ocsp_url)
         out.write(f"{verb} development PKI in {pki.directory.absolute()}\n")
         if args.ocsp_url is not None:
+            if verb.startswith("kept"):
+                out.write(
+                    f"certificates issued from now on name {args.ocsp_url}; those issued before"
+                    " name no responder (issue them again with 'mtlsd pki issue NAME --force')\n"
+                )
             _ocspHint(pki, out)
         return 0
     pki = DevelopmentPKI(args.pki)

@@ -28,7 +28,14 @@ from zope.interface import implementer
 from ._admission import Admission, AdmissionCheck, Rechecking
 from ._sessions import SessionRegistry
 from ._settings import ServerTLSSettings
-from ._verify import TLS_VERSIONS, VerifyFailure, VerifyRecorder, setCryptoPolicy, setVerify
+from ._verify import (
+    TLS_VERSIONS,
+    VerifyFailure,
+    VerifyRecorder,
+    checkServerSigns,
+    setCryptoPolicy,
+    setVerify,
+)
 
 _UNABLE_TO_GET_CRL = SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_CRL
 
@@ -173,6 +180,8 @@ class ServerContext:
 
         setVerify(context, context.get_verify_mode(), verify)
         context.set_alpn_select_callback(_selectALPN)
+        if settings.signatureAlgorithms is not None:  # last: it makes a connection
+            checkServerSigns(context, minimum, settings.signatureAlgorithms)
         self.settings, self.admission, self._options = settings, admission, options
 
     def revalidate(self) -> int:

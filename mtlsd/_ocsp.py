@@ -32,7 +32,7 @@ from cryptography.x509.oid import (
     ExtendedKeyUsageOID,
     SignatureAlgorithmOID,
 )
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -296,8 +296,13 @@ def checkResponderURL(url: str, option: str = "--ocsp-responder") -> str:
     @return: C{url}, an C{http:} or C{https:} URL with a host.
     @raise ConfigurationError: for anything else.
     """
-    parsed = urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed = urlsplit(url)
+        usable = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+        parsed.port  # noqa: B018  (raises for a port out of range)
+    except ValueError:
+        usable = False
+    if not usable:
         raise ConfigurationError(
             f"{option} {url!r} is not an http:// or https:// URL of an OCSP responder."
         )
@@ -451,7 +456,11 @@ class OCSPChecker:
             .public_bytes(serialization.Encoding.DER)
         )
         asked = maybeDeferred(self._fetch, url, request)
-        asked.addTimeout(self._timeout, self._clock)
+        # Agent reports a cancelled request in its own wrapping: say "timed
+        # out" whatever the cancellation gave.
+        asked.addTimeout(
+            self._timeout, self._clock, lambda result, timeout: Failure(DeferredTimeout())
+        )
         answered: Deferred[_Status] = asked.addCallbacks(
             self._answered,
             self._unanswered,
@@ -497,7 +506,7 @@ class OCSPChecker:
         return _Status(status, now + max(life, 0.0))
 
     def _unanswered(self, failure: Failure, url: str, certificate: x509.Certificate) -> _Status:
-        if failure.check(DeferredTimeout, CancelledError):
+        if failure.check(DeferredTimeout):
             error = f"no answer within {self._timeout:g}s"
         else:
             error = failure.getErrorMessage() or failure.type.__name__  # type: ignore[union-attr]

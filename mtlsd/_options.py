@@ -435,6 +435,11 @@ class Options(usage.Options):
         if ocspOptions and not self["ocsp"]:
             verb = "goes" if len(ocspOptions) == 1 else "go"
             raise usage.UsageError(f"{', '.join(ocspOptions)} {verb} with --ocsp.")
+        if self["ocsp"] and self["ocsp-timeout"] >= self["handshake-timeout"]:
+            raise usage.UsageError(
+                f"--ocsp-timeout {self['ocsp-timeout']:g} must be shorter than --handshake-timeout"
+                f" {self['handshake-timeout']:g}: the client would be cut before OCSP gives up."
+            )
         if self["ocsp-responder"]:
             try:
                 checkResponderURL(self["ocsp-responder"])
@@ -590,6 +595,15 @@ def serverConfiguration(options: Options) -> ServerConfiguration:
             "{openssl} lacks {groups} of Mozilla's TLS groups: not offered",
             openssl=OPENSSL_VERSION,
             groups=":".join(lackingGroups()),
+        )
+    if options["ocsp"]:
+        log.info(
+            "OCSP: client certificates{chain} checked with {responder}, {failing}; timeout"
+            " {timeout:g}s",
+            chain=" and their intermediates" if options["ocsp-check-chain"] else "",
+            responder=options["ocsp-responder"] or "the responder each names",
+            failing="refused if unconfirmed" if options["ocsp-required"] else "soft-fail",
+            timeout=options["ocsp-timeout"],
         )
     return ServerConfiguration(
         certificate=certificate,

@@ -260,6 +260,11 @@ class MtlsServerParser:
             keepLiveSessions=_flag(kwargs, "keepLiveSessions"),
             ocsp=_ocsp(kwargs),
         )
+        if configuration.ocsp and configuration.ocsp.timeout >= configuration.handshakeTimeout:
+            raise DescriptionError(
+                f"mtls: ocspTimeout={configuration.ocsp.timeout:g} must be shorter than"
+                f" handshakeTimeout={configuration.handshakeTimeout:g}"
+            )
         plain: IStreamServerEndpoint
         if "endpoint" in kwargs:
             if args or "interface" in kwargs or "backlog" in kwargs:

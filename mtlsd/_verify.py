@@ -136,6 +136,49 @@ def setCryptoPolicy(
         raise ConfigurationError(f"OpenSSL refused the signature algorithms {signatureAlgorithms}.")
 
 
+_PROTOCOLS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+def checkServerSigns(context: SSL.Context, minimum: str, signatureAlgorithms: str) -> None:
+    """
+    Check that a server context, restricted to C{signatureAlgorithms}, can
+    still sign its handshake with its own key in each TLS version it
+    offers: OpenSSL applies the list to the server's signature too, and a
+    list its key cannot use would refuse every client (C{no shared cipher})
+    or quietly leave TLS 1.3 out.  Each version is tried with one ClientHello
+    in memory.
+
+    @raise ConfigurationError: naming the versions that fail.
+    """
+    failing = []
+    for version in [v for v in TLS_VERSIONS if v >= minimum]:
+        client = SSL.Context(SSL.TLS_METHOD)
+        client.set_min_proto_version(_PROTOCOLS[version])
+        client.set_max_proto_version(_PROTOCOLS[version])
+        hello = SSL.Connection(client, None)
+        hello.set_connect_state()
+        server = SSL.Connection(context, None)
+        server.set_accept_state()
+        try:
+            hello.do_handshake()
+        except SSL.WantReadError:
+            pass
+        server.bio_write(hello.bio_read(1 << 16))
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            continue  # its first flight, signed, is out: waiting for the client
+        except SSL.Error:
+            failing.append(version)
+    if failing:
+        raise ConfigurationError(
+            f"--tls-sigalgs {signatureAlgorithms}: the server's own key cannot sign with any of"
+            f" these in TLS {' and '.join(failing)} (OpenSSL applies the list to the server's"
+            " signature too); add one its key can use, such as ECDSA+SHA256 for a P-256 key"
+            " or rsa_pss_rsae_sha256 for RSA."
+        )
+
+
 def subjectOf(certificate: X509 | x509.Certificate) -> str:
     """
     @return: a certificate's subject (RFC 4514), or C{?} for one that

@@ -7,6 +7,7 @@ serving the development PKI that C{mtlsd pki init --ocsp-url} made.
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -96,6 +97,23 @@ class OCSPTests(DaemonTestMixin, SynchronousTestCase):
         self.assertEqual(self.connect(daemon, "bob")[:2], (0, b"ping\n"))
         daemon.waitForLog(r"accepted 127\.0\.0\.1:\d+: CN=bob .* ocsp=good")
         self.assertIn("Received request, 1st line: POST /ppp", responder.log())
+
+    def test_silentResponder(self) -> None:
+        """
+        A responder that takes the connection and never answers: after
+        C{--ocsp-timeout} the client is admitted, and the warning says
+        that no answer came in time.
+        """
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # never accepted: the kernel completes the TCP handshake
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        daemon = self.daemon("--ocsp-responder", url, "--ocsp-timeout", "1")
+        self.assertEqual(self.connect(daemon, "bob")[:2], (0, b"ping\n"))
+        daemon.waitForLog(
+            rf"WARNING: OCSP responder {url} failed \(no answer within 1s\): admitting clients"
+        )
 
     def test_responderStopped(self) -> None:
         """

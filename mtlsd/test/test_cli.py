@@ -461,6 +461,12 @@ class RevokeTests(SynchronousTestCase):
             "mtlsd pki: --ocsp-url '127.0.0.1:8888' is not an http:// or https:// URL of an OCSP"
             " responder.\n",
         )
+        for url in ("http://[::1", "http://127.0.0.1:99999"):
+            directory = self.mktemp()
+            code, out, err = runCommand(self, "pki", "init", directory, "--ocsp-url", url)
+            self.assertEqual((code, err.count("\n")), (1, 1), err)
+            self.assertIn("is not an http:// or https:// URL", err)
+            self.assertFalse(os.path.exists(directory))  # refused before anything is made
         code, out, err = runCommand(self, "pki", "ocsp-index", "--pki", self.mktemp())
         self.assertEqual(code, 1)
         self.assertIn("run 'mtlsd pki init' first", err)

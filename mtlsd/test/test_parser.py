@@ -319,6 +319,10 @@ class ServerSettingsTests(SynchronousTestCase):
                 " responder.",
             ),
             (
+                f"mtls:1:{self.base}:ocsp=yes:ocspTimeout=20",
+                "mtls: ocspTimeout=20 must be shorter than handshakeTimeout=10",
+            ),
+            (
                 f"mtls:1:{self.base}:ocsp=yes:ocspTimeout=0",
                 "mtls: ocspTimeout='0' must be more than 0 seconds",
             ),

@@ -21,6 +21,7 @@ from zope.interface import directlyProvides
 
 from mtlsd import peerIdentity
 from mtlsd._client import ServerRejectedClient, describeClientFailure
+from mtlsd._errors import ConfigurationError
 from mtlsd._identity import identityFromCertificate
 from mtlsd._pki import CLIENT_AUTH, SERVER_AUTH, makeCertificate, newKey
 from mtlsd._policy import ALLOW_KINDS, AllowPolicy
@@ -679,6 +680,39 @@ class PolicyInHandshakeTests(_LoggingTestCase):
             formatEvent(rejected),
             "rejected 192.0.2.7:40001: self-signed certificate (depth 0, CN=eve)",
         )
+
+
+class SignatureAlgorithmsTests(SynchronousTestCase):
+    def test_serverMustStillSign(self) -> None:
+        """
+        A C{--tls-sigalgs} list the server's own key cannot sign with (in a
+        TLS version it offers) is refused with one line naming the
+        versions: OpenSSL would otherwise refuse every client, or quietly
+        offer TLS 1.2 only.  A list it can use is taken.
+        """
+        ca = CertificateAuthority()  # P-256 keys
+        for algorithms, versions in [
+            ("rsa_pss_rsae_sha256", "TLS 1.2 and 1.3"),
+            ("ECDSA+SHA384", "TLS 1.3"),
+        ]:
+            with self.assertRaises(ConfigurationError) as raised:
+                serverContext(ca.server(), [ca.certificate], signatureAlgorithms=algorithms)
+            self.assertIn(
+                f"--tls-sigalgs {algorithms}: the server's own key cannot sign with any of these"
+                f" in {versions}",
+                str(raised.exception),
+            )
+        context = serverContext(
+            ca.server(), [ca.certificate], signatureAlgorithms="ECDSA+SHA384:ECDSA+SHA256"
+        )
+        self.assertTrue(
+            MemoryConnection(context, clientContext(ca.issue("alice"), [ca.certificate])).app.made
+        )
+        with self.assertRaises(ConfigurationError):
+            serverContext(
+                ca.server(), [ca.certificate], signatureAlgorithms="ECDSA+SHA384",
+                minimumTLSVersion="1.3",
+            )  # fmt: skip
 
 
 class PyOpenSSLNamesTests(SynchronousTestCase):

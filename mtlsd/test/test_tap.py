@@ -177,6 +177,13 @@ class OptionsTests(SynchronousTestCase):
             ),
             (["--ocsp", "--ocsp-responder", "127.0.0.1:8888"], "is not an http:// or https:// URL"),
             (["--ocsp", "--ocsp-timeout", "0"], "--ocsp-timeout wants a number at least 0.001"),
+            (
+                ["--ocsp", "--ocsp-timeout", "5", "--handshake-timeout", "2"],
+                "--ocsp-timeout 5 must be shorter than --handshake-timeout 2",
+            ),
+            (["--ocsp", "--ocsp-timeout", "inf"], "--ocsp-timeout inf must be shorter than"),
+            (["--ocsp", "--ocsp-responder", "http://[::1"], "is not an http:// or https:// URL"),
+            (["--ocsp", "--ocsp-responder", "http://h:99999"], "is not an http:// or https:// URL"),
             (["--tls-groups", "X25519:X2559"], "'X2559' is not a TLS group OpenSSL"),
             (["--tls-groups", ""], "'' is not a TLS group"),
             (["--tls-sigalgs", "ECDSA+MD9"], "does not accept this list of signature algorithms"),
