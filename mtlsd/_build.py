@@ -81,6 +81,8 @@ class ServerConfiguration:
         they are not).
     @ivar checks: further checks of each client after its handshake (see
         L{AdmissionCheck}), after OCSP's.
+    @ivar service: the name of this server, a service of a daemon of many
+        (named in its events), or L{None}.
     """
 
     certificate: Path
@@ -106,6 +108,7 @@ class ServerConfiguration:
     quietRejections: bool = False
     ocsp: OCSPSettings | None = None
     checks: tuple[AdmissionCheck, ...] = field(default=(), converter=_checks)
+    service: str | None = None
 
     def load(self) -> ServerTLSSettings:
         """
@@ -175,6 +178,7 @@ class MtlsServer:
             reactor,
             configuration.reloadInterval,
             configuration.keepLiveSessions,
+            configuration.service,
         )
         self.limits = configuration.limits()
 
@@ -195,6 +199,7 @@ class MtlsServer:
             self._reactor,
             self.reloader if startsReloader else None,
             self.configuration.quietRejections,
+            self.configuration.service,
         )
 
 
@@ -212,6 +217,7 @@ class MtlsServerEndpoint:
         clock: IReactorTime | None = None,
         reloader: IService | None = None,
         quietRejections: bool = False,
+        service: str | None = None,
     ) -> None:
         """
         @param context: the server's TLS context.
@@ -222,8 +228,10 @@ class MtlsServerEndpoint:
             (a L{TrustReloader}).  If it is not running, C{listen} starts it,
             and it stops when the last port listening through it stops.
         @param quietRejections: log rejected handshakes at debug level only.
+        @param service: the daemon's service it is, named in the events.
         """
         self._context = context
+        self._service = service
         self._endpoint = endpoint
         self._limits = limits
         self._clock = clock
@@ -242,7 +250,9 @@ class MtlsServerEndpoint:
             failure to listen.
         """
         holding = self._holdReloader()
-        gate = gateFactory(self._context, protocolFactory, self._limits, self._clock, self._quiet)
+        gate = gateFactory(
+            self._context, protocolFactory, self._limits, self._clock, self._quiet, self._service
+        )
         listener = TLSListener(
             self._context.socketConnection,
             applicationProtocols(protocolFactory),

@@ -70,11 +70,43 @@ def configArguments(path: str, options: usage.Options) -> list[str]:
         message is one sentence naming the file.
     """
     settings = _load(path)
+    settings.pop(SERVICES, None)  # see serviceTables
+    return tableArguments(settings, options, f"config file {path}")
+
+
+SERVICES = "service"
+"""
+The key of the file's C{[[service]]} tables: one service each.
+"""
+
+
+def serviceTables(path: str) -> list[dict[str, Any]]:
+    """
+    The C{[[service]]} tables of the TOML configuration file at C{path}, in
+    its order (none for a file without them).
+
+    @raise ConfigurationError: if the file cannot be read, or C{service} is
+        not an array of tables.
+    """
+    tables = _load(path).get(SERVICES, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigurationError(
+            f"config file {path}: {SERVICES} must be tables, each [[{SERVICES}]]."
+        )
+    return tables
+
+
+def tableArguments(settings: dict[str, Any], options: usage.Options, where: str) -> list[str]:
+    """
+    The command-line arguments for C{options} of one table of settings (the
+    file's top level, or one service), as L{configArguments} describes.
+
+    @param where: what the errors name (C{config file PATH}, say).
+    """
     flags, valued = _longOptions(options)
     repeatable = repeatableOptions(options)
     arguments: list[str] = []
     for key, value in settings.items():
-        where = f"config file {path}"
         if key in _FORBIDDEN:
             raise ConfigurationError(f"{where}: the key {key!r} cannot be set in a config file.")
         if key in flags:
@@ -150,7 +182,7 @@ def mergeArguments(
     @return: the arguments to parse.
     """
     wanted = frozenset(repeatable)
-    given = _givenOptions(commandLine, wanted, options) & wanted
+    given = givenOptions(commandLine, wanted, options) & wanted
     kept: list[str] = []
     position = 0
     while position < len(fileArguments):
@@ -206,7 +238,7 @@ def _longOptions(options: usage.Options) -> tuple[frozenset[str], frozenset[str]
     return flags, valued
 
 
-def _givenOptions(
+def givenOptions(
     commandLine: list[str], names: frozenset[str], options: usage.Options | None
 ) -> set[str]:
     """

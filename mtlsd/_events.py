@@ -49,6 +49,7 @@ JSON_NAMES: Mapping[str, str] = {
     "status": "status",
     "headers": "headers",
     "checks": "checks",
+    "service": "service",
     "responder": "responder",
     "result": "result",
 }
@@ -342,6 +343,14 @@ EVENTS: Mapping[str, Event] = {
         ),
     ]
 }
+
+
+def serviceField(service: str | None) -> dict[str, Any]:
+    """
+    The field naming the service of a daemon of many (see
+    L{mtlsd._services}) in its events: none for a daemon of one.
+    """
+    return {} if service is None else {"service": service}
 
 
 def emit(

@@ -37,7 +37,7 @@ def _allInterfaces() -> str:
     return "::" if dualStack else "0.0.0.0"
 
 
-def _descriptions(options: Any) -> list[str]:
+def listenDescriptions(options: Any) -> list[str]:
     """
     The plain server endpoints to listen on: C{--listen}'s, or the one of
     C{--port} and C{--interface}.
@@ -64,11 +64,11 @@ def plainEndpoints(
         f"--port {DEFAULT_PORT if options['port'] is None else options['port']}"
     ]
     if role is not None:
-        adopted = role.endpoints(reactor, _descriptions(options))
+        adopted = role.endpoints(reactor, listenDescriptions(options))
         return [(name, endpoint) for name, (_, endpoint) in zip(named, adopted, strict=True)]
     endpoints = []
     backlog = "" if options["listen"] else f":backlog={DEFAULT_BACKLOG}"
-    for name, description in zip(named, _descriptions(options), strict=True):
+    for name, description in zip(named, listenDescriptions(options), strict=True):
         try:
             endpoints.append((name, serverFromString(reactor, description + backlog)))
         except IndexError:

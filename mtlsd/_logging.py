@@ -55,7 +55,8 @@ def _system(event: dict[str, Any]) -> str:
         except Exception:
             return "UNFORMATTABLE"
     level = event.get("log_level")
-    return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    service = f":{event['service']}" if "service" in event else ""
+    return f"{event.get('log_namespace', '-')}{service}#{level.name if level is not None else '-'}"
 
 
 @implementer(ILogObserver)

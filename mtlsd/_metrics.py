@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -36,12 +36,24 @@ class Metrics:
     L{observeSettings}, and after each reload.
     """
 
-    def __init__(self, settings: Callable[[], ServerTLSSettings] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], ServerTLSSettings] | None = None,
+        services: Mapping[str, Callable[[], ServerTLSSettings]] | None = None,
+    ) -> None:
         """
         @param settings: gives the settings in force, whose certificates'
             expiry is published now and after each reload.
+        @param services: instead, those of each service of a daemon of
+            many, by name: every metric then has a C{service} label.
         """
-        self._settings = settings
+        self._services: dict[str | None, Callable[[], ServerTLSSettings]] = {}
+        self._services.update(services or {})
+        if settings is not None:
+            self._services[None] = settings
+        self._labelled = services is not None
+        self._published: dict[str | None, list[tuple[str, ...]]] = {}
+        self._validity: dict[str | None, tuple[float, float]] = {}
         self.registry = CollectorRegistry()
         self._metrics: dict[str, Any] = {}
         for event in EVENTS.values():
@@ -56,15 +68,18 @@ class Metrics:
         self.expiry = Gauge(
             "mtlsd_certificate_expiry_timestamp_seconds",
             "notAfter of the server certificate and of every trusted certificate.",
-            ["role", "subject", "sha256"],
+            [*self._serviceLabel, "role", "subject", "sha256"],
             registry=self.registry,
         )
-        self.serverExpiry = self.serverStart = 0.0
-        if settings is not None:
-            self.observeSettings(settings())
+        for service, current in self._services.items():
+            self.observeSettings(current(), service)
+
+    @property
+    def _serviceLabel(self) -> list[str]:
+        return ["service"] if self._labelled else []
 
     def _make(self, metric: Metric) -> Any:
-        labels = [label for label, _ in metric.labels]
+        labels = [*self._serviceLabel, *(label for label, _ in metric.labels)]
         if metric.kind == "counter":
             return Counter(metric.name, metric.help, labels, registry=self.registry)
         if metric.kind == "gauge":
@@ -80,18 +95,19 @@ class Metrics:
             if metric.perProcess and fromWorker:
                 continue  # each worker does what this process does and counts
             self._move(metric, event)
-        if kind.name == "reloaded" and not fromWorker and self._settings is not None:
-            self.observeSettings(self._settings())
+        service = event.get("service")
+        if kind.name == "reloaded" and not fromWorker and service in self._services:
+            self.observeSettings(self._services[service](), service)
 
     def _move(self, metric: Metric, event: dict[str, Any]) -> None:
         published = self._metrics[metric.name]
-        if metric.labels:
-            published = published.labels(
-                *[
-                    source[1:] if source.startswith("=") else str(event.get(source, "?"))
-                    for _, source in metric.labels
-                ]
-            )
+        values = [str(event.get("service", "?"))] if self._labelled else []
+        values += [
+            source[1:] if source.startswith("=") else str(event.get(source, "?"))
+            for _, source in metric.labels
+        ]
+        if values:
+            published = published.labels(*values)
         if metric.kind == "gauge":
             published.inc(int(metric.amount))
         elif metric.kind == "histogram":
@@ -100,25 +116,46 @@ class Metrics:
         else:
             published.inc(1 if metric.amount == 1 else event.get(str(metric.amount), 0))
 
-    def observeSettings(self, settings: ServerTLSSettings) -> None:
+    def observeSettings(self, settings: ServerTLSSettings, service: str | None = None) -> None:
         """
         Publish the expiry of the server certificate and of every trusted
-        certificate of C{settings}, replacing earlier ones.
+        certificate of C{settings} (of C{service}), replacing earlier ones.
         """
-        self.expiry.clear()
+        for labels in self._published.pop(service, []):
+            self.expiry.remove(*labels)
         self.lastReload.set_to_current_time()
+        published = self._published[service] = []
         for role, certificates in (
             ("server", [settings.certificate]),
             ("trusted", settings.anchors),
         ):
             for certificate in certificates:
-                self.expiry.labels(
+                labels = (
+                    *([str(service)] if self._labelled else []),
                     role,
                     certificate.subject.rfc4514_string(),
                     certificate.fingerprint(hashes.SHA256()).hex(),
-                ).set(certificate.not_valid_after_utc.timestamp())
-        self.serverExpiry = settings.certificate.not_valid_after_utc.timestamp()
-        self.serverStart = settings.certificate.not_valid_before_utc.timestamp()
+                )
+                if labels not in published:
+                    published.append(labels)
+                self.expiry.labels(*labels).set(certificate.not_valid_after_utc.timestamp())
+        self._validity[service] = (
+            settings.certificate.not_valid_before_utc.timestamp(),
+            settings.certificate.not_valid_after_utc.timestamp(),
+        )
+
+    def certificateProblems(self, now: float) -> list[str]:
+        """
+        @return: a problem for each service whose server certificate is not
+            valid at C{now} (none without settings).
+        """
+        return [
+            "server certificate not valid now"
+            if service is None
+            else f"service {service!r}: server certificate not valid now"
+            for service, (start, end) in self._validity.items()
+            if not start <= now <= end
+        ]
 
 
 class _Health(Resource):
@@ -134,8 +171,7 @@ class _Health(Resource):
         problems = []
         if not self._listening():
             problems.append("not listening")
-        if not self._metrics.serverStart <= now <= self._metrics.serverExpiry:
-            problems.append("server certificate not valid now")
+        problems += self._metrics.certificateProblems(now)
         request.setResponseCode(503 if problems else 200)
         request.setHeader(b"content-type", b"application/json")
         body = {"status": "unhealthy" if problems else "ok", "problems": problems}

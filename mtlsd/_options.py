@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ._build import ServerConfiguration
-from ._config import configArguments, mergeArguments, repeatableOptions
+from ._config import configArguments, mergeArguments, repeatableOptions, serviceTables
 from ._errors import ConfigurationError
 from ._httpidentity import HTTPIdentity
 from ._logging import FORMATS, jsonLinesObserver
@@ -32,6 +32,7 @@ from ._policy import ALLOW_KINDS, AllowKind, AllowPolicy
 from ._proxyheader import VERSIONS as PROXY_VERSIONS
 from ._reload import DEFAULT_RELOAD_INTERVAL
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT
+from ._services import ServiceOptions, parseServices
 from ._settings import DEFAULT_VERIFY_DEPTH
 from ._verify import (
     OPENSSL_VERSION,
@@ -306,6 +307,13 @@ class Options(usage.Options):
         ],
     ]
 
+    hasServices = False
+    services: list[ServiceOptions] = []
+    """
+    The services of the configuration file's C{[[service]]} tables, each
+    with its options (none: this daemon is one service, these options').
+    """
+
     def __init__(self) -> None:
         super().__init__()
         for name in _REPEATABLE:
@@ -321,14 +329,20 @@ class Options(usage.Options):
         self.arguments = list(argv)  # for --workers: each worker is given the same
         try:
             path, rest = _takeConfig(argv, self.longOpt)
+            tables: list[dict[str, Any]] = []
             if path is not None:
                 try:
                     fromFile = configArguments(path, self)
+                    tables = serviceTables(path)
                 except ConfigurationError as e:
                     raise usage.UsageError(str(e)) from None
                 argv = mergeArguments(fromFile, rest, repeatableOptions(self), self)
                 self["config"] = path
+            self.hasServices = bool(tables)
             super().parseOptions(argv)
+            if tables:
+                assert path is not None
+                self.services = parseServices(self, path, tables, fromFile, rest)
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise
@@ -410,6 +424,14 @@ class Options(usage.Options):
             # twist (unlike twistd) ignores the application's log observer
             # and writes with the one its options name: mtlsd's JSON lines.
             twist["fileLogObserverFactory"] = jsonLinesObserver
+        if self.hasServices:
+            # The rest is each service's (see mtlsd._services).
+            if self["workers"] > 1:
+                raise usage.UsageError(
+                    "--workers with [[service]] tables is not supported yet: run one daemon"
+                    " per service, or one worker."
+                )
+            return
         if self["quiet"] not in (None, "handshake-errors"):
             raise usage.UsageError(f"--quiet takes handshake-errors, not {self['quiet']!r}.")
         if self["tls-min-version"] not in TLS_VERSIONS:
@@ -582,10 +604,12 @@ def _trustFiles(options: Options) -> tuple[str, str, list[str], list[str]]:
     return path("server.crt"), path("server.key"), [path("ca.crt")], [path("crl.pem")]
 
 
-def serverConfiguration(options: Options) -> ServerConfiguration:
+def serverConfiguration(options: Options, service: str | None = None) -> ServerConfiguration:
     """
     The server the options describe, on the development PKI when they give
     no TLS files (which is made if it is not there yet).
+
+    @param service: the name of the daemon's service these options are of.
 
     @raise ConfigurationError: for a malformed allow-list entry.
     """
@@ -636,4 +660,5 @@ def serverConfiguration(options: Options) -> ServerConfiguration:
         )
         if options["ocsp"]
         else None,
+        service=service,
     )

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from . import _signals
 from ._context import ServerContext
-from ._events import emit
+from ._events import emit, serviceField
 from ._files import Path
 from ._settings import ServerTLSSettings
 
@@ -65,6 +65,7 @@ class TrustReloader(Service):
         clock: IReactorTime,
         interval: float = DEFAULT_RELOAD_INTERVAL,
         keepLiveSessions: bool = False,
+        service: str | None = None,
     ) -> None:
         """
         @param load: reads the files and returns new settings, or raises
@@ -73,7 +74,10 @@ class TrustReloader(Service):
         @param interval: seconds between checks; 0 checks only on SIGHUP.
         @param keepLiveSessions: leave established connections alone after
             a reload instead of cutting those no longer admitted.
+        @param service: the daemon's service these files are of, named in
+            the events.
         """
+        self._serviceField = serviceField(service)
         self.context = context
         self._load = load
         self._paths = tuple(paths)
@@ -101,6 +105,7 @@ class TrustReloader(Service):
                 emit(
                     log,
                     "warning",
+                    **self._serviceField,
                     text="cannot read {path} as this user: a change to it will not be picked up"
                     " (with --uid, make the files readable by that user or group)",
                     path=path,
@@ -132,6 +137,7 @@ class TrustReloader(Service):
         emit(
             log,
             "sighup",
+            **self._serviceField,
         )
         self.reload()
 
@@ -154,7 +160,13 @@ class TrustReloader(Service):
             self.reload()
         except Exception:
             # Whatever happens, the next check must still run.
-            emit(log, "reload-failed", failure=Failure(), text="checking the trust files failed")
+            emit(
+                log,
+                "reload-failed",
+                **self._serviceField,
+                failure=Failure(),
+                text="checking the trust files failed",
+            )
         return True
 
     def _logTrust(self) -> None:
@@ -162,7 +174,7 @@ class TrustReloader(Service):
         Log what each trust file makes trusted.
         """
         for bundle in self.context.settings.bundles:
-            emit(log, "trusted", bundle=bundle)
+            emit(log, "trusted", **self._serviceField, bundle=bundle)
 
     def _warn(self) -> None:
         """
@@ -171,7 +183,7 @@ class TrustReloader(Service):
         for warning in self.context.settings.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
-                emit(log, "warning", problem=warning)
+                emit(log, "warning", **self._serviceField, problem=warning)
 
     def reload(self) -> bool:
         """
@@ -191,6 +203,7 @@ class TrustReloader(Service):
             emit(
                 log,
                 "reload-failed",
+                **self._serviceField,
                 error=str(e),
             )
             return False
@@ -203,6 +216,7 @@ class TrustReloader(Service):
         emit(
             log,
             "reloaded",
+            **self._serviceField,
             trusted=trusted,
             crls=crls,
             cut=cut,

@@ -43,7 +43,7 @@ from zope.interface import implementer
 from ._address import formatAddress, noDelay, unixClient
 from ._admission import Admitted, Verdict
 from ._context import ServerContext
-from ._events import emit
+from ._events import emit, serviceField
 from ._halfclose import HalfCloseForwarding
 from ._policy import ALLOW_KINDS
 from ._reasons import (
@@ -249,6 +249,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             emit(
                 log,
                 "refused",
+                **self.factory.serviceField,
                 client=self._client,
                 limit=refused,
             )
@@ -279,6 +280,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         emit(
             log,
             "timeout",
+            **self.factory.serviceField,
             client=self._client,
             commonName=self._peer.commonName if self._peer else None,
             limit=limit,
@@ -386,6 +388,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         emit(
             log,
             "accepted",
+            **self.factory.serviceField,
             client=self._client,
             commonName=peer.commonName,
             fingerprint=peer.fingerprint,
@@ -407,6 +410,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             emit(
                 log,
                 "shared-certificate",
+                **self.factory.serviceField,
                 client=self._client,
             )
         app = self.factory.wrappedFactory.buildProtocol(self._tls.getPeer())
@@ -441,6 +445,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         emit(
             log,
             "cut",
+            **self.factory.serviceField,
             client=self._client,
             commonName=self._peer.commonName,
             fingerprint=self._peer.fingerprint,
@@ -495,6 +500,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             emit(
                 log,
                 "closed",
+                **self.factory.serviceField,
                 client=self._client,
                 commonName=self._peer.commonName,
                 bytesIn=self.bytesIn,
@@ -527,6 +533,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         emit(
             log,
             "rejected",
+            **self.factory.serviceField,
             level=LogLevel.debug if quiet else None,
             client=self._client,
             reason=text,
@@ -575,12 +582,14 @@ class _GateFactory(WrappingFactory):
         limits: ConnectionLimits,
         clock: IReactorTime,
         quietRejections: bool,
+        service: str | None = None,
     ) -> None:
         WrappingFactory.__init__(self, appFactory)  # type: ignore[arg-type]
         self.context = context
         self.limits = limits
         self.clock = clock
         self.quietRejections = quietRejections
+        self.serviceField = serviceField(service)
 
     def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
         assert addr is not None
@@ -625,15 +634,19 @@ def gateFactory(
     limits: ConnectionLimits | None = None,
     clock: IReactorTime | None = None,
     quietRejections: bool = False,
+    service: str | None = None,
 ) -> _GateFactory:
     """
     The factory of the gates between a TLS transport (mtlsd's own, or
     Twisted's of L{mtlsServerFactory}) and the application; the arguments
-    are L{mtlsServerFactory}'s.
+    are L{mtlsServerFactory}'s, and C{service} names the daemon's service in
+    the events of its connections.
     """
     if clock is None:
         from twisted.internet import reactor
 
         clock = reactor
     assert clock is not None
-    return _GateFactory(context, appFactory, limits or ConnectionLimits(), clock, quietRejections)
+    return _GateFactory(
+        context, appFactory, limits or ConnectionLimits(), clock, quietRejections, service
+    )

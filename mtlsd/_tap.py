@@ -9,6 +9,8 @@ import os
 import resource
 import shutil
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -17,16 +19,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
+from ._address import formatAddress
 from ._apps import appFactory
 from ._build import MtlsServer
 from ._context import ServerContext
 from ._errors import ConfigurationError
-from ._events import emit
+from ._events import emit, serviceField
 from ._listening import ListeningService, pause, plainEndpoints
 from ._logging import logObserver
 from ._metrics import Metrics, metricsSite
 from ._options import Options, serverConfiguration
 from ._pki import DEFAULT_PKI_DIR
+from ._settings import ServerTLSSettings
 from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 __all__ = ["Options", "makeService"]  # Options: what twistd's ServiceMaker reads here
@@ -64,30 +68,45 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = globalReactor
     role = WorkerRole.fromEnvironment()
     raiseDescriptorLimit()
-    try:
-        server = MtlsServer(serverConfiguration(options), cast(Any, reactor))
-        app = appFactory(options, reactor)
-        plain = plainEndpoints(reactor, options, role)
-    except ConfigurationError as e:
-        raise SystemExit(f"mtlsd: {e}") from None
-    service = _DaemonService(options, Metrics(lambda: server.context.settings), role)
-    server.reloader.setServiceParent(service)
-    _Drain(server.context, reactor, options["drain-timeout"]).setServiceParent(service)
+    services: list[tuple[str | None, Options]] = [
+        (each.name, each.options) for each in options.services
+    ] or [(None, options)]
+    built = []
+    for name, serviceOptions in services:
+        try:
+            built.append(
+                (
+                    name,
+                    serviceOptions,
+                    MtlsServer(serverConfiguration(serviceOptions, name), cast(Any, reactor)),
+                    appFactory(serviceOptions, reactor),
+                    plainEndpoints(reactor, serviceOptions, role),
+                )
+            )
+        except ConfigurationError as e:
+            where = "" if name is None else f"service {name!r}: "
+            raise SystemExit(f"mtlsd: {where}{e}") from None
+    getters = {name: _settingsOf(server) for name, _, server, _, _ in built}
+    metrics = (
+        Metrics(getters[None])
+        if None in getters
+        else Metrics(services={str(name): getter for name, getter in getters.items()})
+    )
+    service = _DaemonService(options, metrics, role)
     supervising = role is None and options["workers"] > 1
-
-    def onListening(port: IListeningPort) -> None:
-        if supervising:
-            pause(port)  # its workers accept
-        tcpPort = getattr(port.getHost(), "port", None)
-        if role is None and not options["cert"] and tcpPort is not None:
-            log.info("try: {command}", command=_connectCommand(options, f"localhost:{tcpPort}"))
-
-    listeners = [
-        ListeningService(description, server.endpoint(endpoint, False), app, onListening)
-        for description, endpoint in plain
-    ]
-    for listener in listeners:
-        listener.setServiceParent(service)
+    listeners = []
+    for name, serviceOptions, server, app, plain in built:
+        server.reloader.setServiceParent(service)
+        _Drain(server.context, reactor, options["drain-timeout"], name).setServiceParent(service)
+        for description, endpoint in plain:
+            listener = ListeningService(
+                description if name is None else f"service {name!r}: {description}",
+                server.endpoint(endpoint, False),
+                app,
+                partial(_onListening, serviceOptions, name, supervising, role),
+            )
+            listener.setServiceParent(service)
+            listeners.append(listener)
     pool = None
     if supervising:
         pool = WorkerPool(
@@ -107,6 +126,34 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     if _daemonizing(options):
         _bindBeforeDaemonizing([*listeners, service.metricsService])
     return service
+
+
+def _settingsOf(server: MtlsServer) -> Callable[[], ServerTLSSettings]:
+    return lambda: server.context.settings
+
+
+def _onListening(
+    options: Options,
+    name: str | None,
+    supervising: bool,
+    role: WorkerRole | None,
+    port: IListeningPort,
+) -> None:
+    """
+    A listener of a service is up: with C{--workers}, leave accepting to
+    the workers; on the development PKI, say how to try it.
+    """
+    if supervising:
+        pause(port)  # its workers accept
+    if name is not None:
+        log.info(
+            "service {service}: listening on {address}",
+            service=name,
+            address=formatAddress(port.getHost()),
+        )
+    tcpPort = getattr(port.getHost(), "port", None)
+    if role is None and not options["cert"] and tcpPort is not None:
+        log.info("try: {command}", command=_connectCommand(options, f"localhost:{tcpPort}"))
 
 
 def _metricsService(
@@ -233,7 +280,10 @@ class _Drain(Service):
     connections C{timeout} seconds to finish, then cuts the rest.
     """
 
-    def __init__(self, context: ServerContext, clock: Any, timeout: float) -> None:
+    def __init__(
+        self, context: ServerContext, clock: Any, timeout: float, service: str | None = None
+    ) -> None:
+        self._serviceField = serviceField(service)
         self._context = context
         self._clock = clock
         self._timeout = timeout
@@ -245,6 +295,7 @@ class _Drain(Service):
         emit(
             log,
             "draining",
+            **self._serviceField,
             timeout=self._timeout,
             count=len(self._context.sessions),
         )
@@ -255,6 +306,7 @@ class _Drain(Service):
             emit(
                 log,
                 "drain-timeout",
+                **self._serviceField,
                 count=count,
             )
             for session in list(self._context.sessions):
