@@ -23,10 +23,12 @@ from ._proxyheader import headerMaker
 from ._relay import RelayFactory
 
 
-def appFactory(options: Any, reactor: Any) -> IProtocolFactory:
+def appFactory(options: Any, reactor: Any, service: str | None = None) -> IProtocolFactory:
     """
     @param options: the daemon's options (C{app}, C{forward},
         C{proxy-protocol}).
+    @param service: the daemon's service it serves, named in the events of
+        the relays and HTTP forwarding.
     @return: the application's factory.
     @raise ConfigurationError: for an app that cannot be loaded or a
         backend that cannot be described.
@@ -40,14 +42,14 @@ def appFactory(options: Any, reactor: Any) -> IProtocolFactory:
         identity = HTTPIdentity.fromOptions(
             options["client-cert-header"], options["identity-header"]
         )
-        return HTTPForwardFactory(backend, identity, _hostOf(description), reactor)
+        return HTTPForwardFactory(backend, identity, _hostOf(description), reactor, service)
     if options["forward"]:
         try:
             backend = clientFromString(reactor, options["forward"])
         except Exception as e:
             raise ConfigurationError(f"--forward {options['forward']}: {e}") from None
         version = options["proxy-protocol"]
-        return RelayFactory(backend, headerMaker(version) if version else None)
+        return RelayFactory(backend, headerMaker(version) if version else None, service)
     name = options["app"] or "echo"
     if name == "echo":
         echo = Factory.forProtocol(Echo)

@@ -169,7 +169,7 @@ class MtlsServer:
         self._reactor = reactor
         checks = configuration.checks
         if configuration.ocsp is not None:
-            checks = (configuration.ocsp.checker(reactor), *checks)
+            checks = (configuration.ocsp.checker(reactor, configuration.service), *checks)
         self.context = ServerContext(configuration.load(), checks)
         self.reloader = TrustReloader(
             self.context,

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._address import formatAddress, noDelay
-from ._events import emit
+from ._events import emit, serviceField
 from ._halfclose import closeWriting
 from ._httpidentity import Header, HTTPIdentity, headerName
 from ._relay import OutboundConnector, writeNow
@@ -346,6 +346,7 @@ class _Client(Protocol):
             emit(
                 log,
                 "forged-headers",
+                **self.factory.serviceField,
                 client=self._clientText,
                 commonName=self._commonName,
                 headers=", ".join(sorted(set(forged))),
@@ -389,6 +390,7 @@ class _Client(Protocol):
         emit(
             log,
             "backend-unavailable",
+            **self.factory.serviceField,
             error=failure.getErrorMessage(),
             client=self._clientText,
         )
@@ -482,6 +484,7 @@ class _Client(Protocol):
         emit(
             log,
             "http-request",
+            **self.factory.serviceField,
             client=self._clientText,
             commonName=self._commonName,
             method=self._method.decode("ascii", "replace"),
@@ -524,7 +527,13 @@ class _Client(Protocol):
             self.transport.abortConnection()  # an answer cut short must not look complete
 
     def _backendFailed(self, error: str) -> None:
-        emit(log, "backend-unavailable", error=error, client=self._clientText)
+        emit(
+            log,
+            "backend-unavailable",
+            **self.factory.serviceField,
+            error=error,
+            client=self._clientText,
+        )
         self._dropBackend()
         self._refuse(502)
 
@@ -593,6 +602,7 @@ class HTTPForwardFactory(Factory):
         identity: HTTPIdentity,
         backendHost: bytes = b"localhost",
         clock: Any = None,
+        service: str | None = None,
     ) -> None:
         """
         @param backend: where requests go.
@@ -600,7 +610,10 @@ class HTTPForwardFactory(Factory):
         @param backendHost: the C{Host} of a request that has none (an
             HTTP/1.0 client's).
         @param clock: the time source of the request durations.
+        @param service: the daemon's service it forwards for, named in the
+            events.
         """
+        self.serviceField = serviceField(service)
         if clock is None:
             from twisted.internet import reactor as clock
         self.connector = OutboundConnector(backend)

@@ -50,7 +50,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from ._admission import Admitted, Verdict, refusal
 from ._errors import ConfigurationError
-from ._events import emit
+from ._events import emit, serviceField
 from ._reasons import OCSP_REVOKED, OCSP_UNAVAILABLE, OCSP_UNKNOWN
 
 log = Logger(namespace="mtlsd")
@@ -329,9 +329,10 @@ class OCSPSettings:
     required: bool = False
     cacheSeconds: float | None = None
 
-    def checker(self, reactor: IReactorTime) -> OCSPChecker:
+    def checker(self, reactor: IReactorTime, service: str | None = None) -> OCSPChecker:
         """
-        @return: a checker asking responders through C{reactor}.
+        @return: a checker asking responders through C{reactor}, for the
+            daemon's C{service}.
         """
         return OCSPChecker(
             reactor,
@@ -341,6 +342,7 @@ class OCSPSettings:
             timeout=self.timeout,
             required=self.required,
             cacheSeconds=self.cacheSeconds,
+            service=service,
         )
 
 
@@ -369,7 +371,9 @@ class OCSPChecker:
         required: bool = False,
         cacheSeconds: float | None = None,
         maxCached: int = MAX_CACHED,
+        service: str | None = None,
     ) -> None:
+        self._serviceField = serviceField(service)
         self._clock = clock
         self._fetch = fetch
         self._responder = responder
@@ -438,7 +442,9 @@ class OCSPChecker:
         key = certificate.fingerprint(hashes.SHA256())
         cached = self._cache.get(key)
         if cached is not None and cached.until > now:
-            emit(log, "ocsp-cache-hit", serial=f"{certificate.serial_number:x}")
+            emit(
+                log, "ocsp-cache-hit", **self._serviceField, serial=f"{certificate.serial_number:x}"
+            )
             return cached
         if self._failing.get(url, -math.inf) > now:
             return _Status("unavailable", now)
@@ -497,9 +503,9 @@ class OCSPChecker:
                 serial,
             )
             return _Status("unknown", now)
-        emit(log, "ocsp-answer", responder=url, result=status, serial=serial)
+        emit(log, "ocsp-answer", **self._serviceField, responder=url, result=status, serial=serial)
         if self._failing.pop(url, None) is not None:
-            emit(log, "ocsp-available", responder=url)
+            emit(log, "ocsp-available", **self._serviceField, responder=url)
         life = CACHE_SECONDS if nextUpdate is None else nextUpdate.timestamp() - now
         if self._cacheSeconds is not None:
             life = min(life, self._cacheSeconds)
@@ -522,11 +528,20 @@ class OCSPChecker:
         return _Status("unknown", self._clock.seconds())
 
     def _failed(self, url: str, error: str, result: str, serial: str) -> None:
-        emit(log, "ocsp-answer", responder=url, result=result, serial=serial, error=error)
+        emit(
+            log,
+            "ocsp-answer",
+            **self._serviceField,
+            responder=url,
+            result=result,
+            serial=serial,
+            error=error,
+        )
         if url not in self._failing:
             emit(
                 log,
                 "ocsp-unavailable",
+                **self._serviceField,
                 responder=url,
                 error=error,
                 then="refusing clients" if self._required else "admitting clients unchecked",

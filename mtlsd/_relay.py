@@ -10,6 +10,7 @@ on one side becomes a half-close on the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import tcp, unix
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._address import formatAddress, noDelay
-from ._events import emit
+from ._events import emit, serviceField
 from ._halfclose import closeWriting
 from ._sockettls import sendNow
 from ._tls import IWritesInBulk
@@ -65,6 +66,7 @@ class _Side(Protocol):
     """
 
     other: _Side | None = None
+    serviceField: dict[str, Any] = {}  # noqa: RUF012  (replaced per instance, never changed)
     readClosed = False
     closed = False
     outbound = True
@@ -88,6 +90,7 @@ class _Side(Protocol):
             emit(
                 log,
                 "outbound-lost",
+                **self.serviceField,
                 error=reason.getErrorMessage(),
             )
         other = self.other
@@ -105,6 +108,7 @@ class _Inbound(_Side):
 
     def __init__(self, relay: RelayFactory) -> None:
         self.relay = relay
+        self.serviceField = relay.serviceField
         self._early: list[bytes] = []
 
     def dataReceived(self, data: bytes) -> None:
@@ -127,6 +131,7 @@ class _Inbound(_Side):
             emit(
                 log,
                 "proxy-header-error",
+                **self.serviceField,
                 client=formatAddress(self.transport.getPeer()),
                 error=str(e),
             )
@@ -158,6 +163,7 @@ class _Inbound(_Side):
         emit(
             log,
             "backend-unavailable",
+            **self.serviceField,
             error=failure.getErrorMessage(),
             client=formatAddress(self.transport.getPeer()),
         )
@@ -173,6 +179,7 @@ class _Outbound(_Side):
 
     def __init__(self, inbound: _Inbound) -> None:
         self.other = inbound
+        self.serviceField = inbound.serviceField
 
     def connectionMade(self) -> None:
         assert isinstance(self.other, _Inbound)
@@ -260,11 +267,19 @@ class RelayFactory(Factory):
 
     noisy = False
 
-    def __init__(self, outbound: IStreamClientEndpoint, preamble: Preamble | None = None) -> None:
+    def __init__(
+        self,
+        outbound: IStreamClientEndpoint,
+        preamble: Preamble | None = None,
+        service: str | None = None,
+    ) -> None:
         """
         @param outbound: where each connection is relayed to.
         @param preamble: makes the bytes sent first to C{outbound}.
+        @param service: the daemon's service it relays for, named in the
+            events.
         """
+        self.serviceField = serviceField(service)
         self._connector = OutboundConnector(outbound)
         self._preamble = preamble
 

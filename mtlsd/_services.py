@@ -59,7 +59,8 @@ def parseServices(
         address.
     """
     where = f"config file {path}"
-    given = givenOptions(commandLine, frozenset({"port", "listen", "interface"}), daemon)
+    addresses = frozenset({"port", "listen", "interface"})
+    given = givenOptions(commandLine, addresses, daemon) & addresses
     if given:
         names = ", ".join(f"--{name}" for name in sorted(given))
         raise usage.UsageError(
@@ -117,6 +118,8 @@ def _checkAddresses(services: list[ServiceOptions], where: str) -> None:
     seen: dict[str, str] = {}
     for service in services:
         for description in listenDescriptions(service.options):
+            if re.match(r"tcp6?:0(:|$)", description):
+                continue  # any free port: never the same
             if description in seen:
                 raise usage.UsageError(
                     f"{where}: services {seen[description]!r} and {service.name!r} both listen"

@@ -79,7 +79,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
                     name,
                     serviceOptions,
                     MtlsServer(serverConfiguration(serviceOptions, name), cast(Any, reactor)),
-                    appFactory(serviceOptions, reactor),
+                    appFactory(serviceOptions, reactor, name),
                     plainEndpoints(reactor, serviceOptions, role),
                 )
             )
