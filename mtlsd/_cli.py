@@ -165,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     ocspIndex.add_argument("--pki", default=DEFAULT_PKI_DIR, metavar="DIR")
 
+    check = commands.add_parser(
+        "check",
+        help="validate a daemon's configuration file and describe its services",
+        description="Read a twistd mtlsd --config FILE and every file it names, without"
+        " starting anything: each service's listen address, certificate, trust and"
+        " backend; exit 1 with one line naming the problem.",
+    )
+    check.add_argument("--config", required=True, metavar="FILE")
+
     inspect = commands.add_parser(
         "inspect",
         help="describe certificates, CRLs and PKCS#12 files",
@@ -331,6 +340,57 @@ def _inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return status
 
 
+def _check(args: argparse.Namespace, out: IO[str]) -> int:
+    """
+    Validate a daemon's configuration file and describe each service.
+    """
+    from twisted.python import usage
+
+    from ._listening import listenDescriptions
+    from ._options import Options, serverConfiguration
+
+    options = Options()
+    try:
+        options.parseOptions(["--config", args.config])
+    except usage.UsageError as e:
+        raise ConfigurationError(
+            str(e).removeprefix("Parameter type enforcement failed: ")
+        ) from None
+    services: list[tuple[str | None, Options]] = [
+        (each.name, each.options) for each in options.services
+    ] or [(None, options)]
+    lines: list[str] = []  # written once everything is valid
+    for name, serviceOptions in services:
+        where = "" if name is None else f"service {name!r}: "
+        lines.append(f"{'the daemon' if name is None else 'service ' + name}:\n")
+        lines.append(f"  listen: {', '.join(listenDescriptions(serviceOptions))}\n")
+        if not serviceOptions["cert"] and not DevelopmentPKI(serviceOptions["pki"]).exists():
+            lines.append(f"  development PKI {serviceOptions['pki']} (made at the first start)\n")
+        else:
+            try:
+                settings = serverConfiguration(serviceOptions, name).load()
+            except ConfigurationError as e:
+                raise ConfigurationError(f"{where}{e}") from None
+            certificate = settings.certificate
+            lines.append(
+                f"  certificate: {certificate.subject.rfc4514_string()}, valid until"
+                f" {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z\n"
+            )
+            lines += [f"  trusts: {bundle}\n" for bundle in settings.bundles]
+        backend = (
+            f"HTTP to {serviceOptions['forward-http']}"
+            if serviceOptions["forward-http"]
+            else f"relay to {serviceOptions['forward']}"
+            if serviceOptions["forward"]
+            else f"application {serviceOptions['app'] or 'echo'}"
+        )
+        lines.append(f"  backend: {backend}\n")
+    count = len(services)
+    out.write("".join(lines))
+    out.write(f"{args.config}: {count} service{'' if count == 1 else 's'}, valid\n")
+    return 0
+
+
 def _clientSettings(args: argparse.Namespace, err: IO[str]) -> ClientTLSSettings:
     """
     The client's files: as given, else the development PKI's.  Says on
@@ -437,6 +497,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return _pki(args, sys.stdout)
         elif args.command == "inspect":
             return _inspect(args, sys.stdout, sys.stderr)
+        elif args.command == "check":
+            return _check(args, sys.stdout)
         elif args.command == "tunnel":
             return _tunnel(args, sys.stderr)
         else:

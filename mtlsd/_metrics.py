@@ -161,7 +161,7 @@ class Metrics:
 class _Health(Resource):
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, listening: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Metrics, listening: Callable[[], list[str]]) -> None:
         super().__init__()
         self._metrics = metrics
         self._listening = listening
@@ -169,8 +169,7 @@ class _Health(Resource):
     def render_GET(self, request: Request) -> bytes:
         now = time.time()
         problems = []
-        if not self._listening():
-            problems.append("not listening")
+        problems += self._listening()
         problems += self._metrics.certificateProblems(now)
         request.setResponseCode(503 if problems else 200)
         request.setHeader(b"content-type", b"application/json")
@@ -178,11 +177,13 @@ class _Health(Resource):
         return json.dumps(body).encode() + b"\n"
 
 
-def metricsSite(metrics: Metrics, listening: Callable[[], bool]) -> Site:
+def metricsSite(metrics: Metrics, listening: Callable[[], list[str]]) -> Site:
     """
+    @param listening: gives what is not listening (C{"not listening"}, or
+        C{"service 'api': not listening"}): nothing while all is up.
     @return: a web site serving C{/metrics} (Prometheus text format) and
-        C{/healthz} (200 while C{listening()} and the server certificate is
-        valid, else 503; a short JSON body).
+        C{/healthz} (200 while all listens and every server certificate is
+        valid, else 503 with the problems; a short JSON body).
     """
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))

@@ -95,6 +95,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     service = _DaemonService(options, metrics, role)
     supervising = role is None and options["workers"] > 1
     listeners = []
+    serviceOf: dict[ListeningService, str | None] = {}
     for name, serviceOptions, server, app, plain in built:
         server.reloader.setServiceParent(service)
         _Drain(server.context, reactor, options["drain-timeout"], name).setServiceParent(service)
@@ -107,6 +108,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
             )
             listener.setServiceParent(service)
             listeners.append(listener)
+            serviceOf[listener] = name
     pool = None
     if supervising:
         pool = WorkerPool(
@@ -121,7 +123,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         WatchMainProcess().setServiceParent(service)
     elif options["metrics"]:
         service.metricsService = _metricsService(
-            options["metrics"], reactor, service, listeners, pool
+            options["metrics"], reactor, service, serviceOf, pool
         )
     if _daemonizing(options):
         _bindBeforeDaemonizing([*listeners, service.metricsService])
@@ -160,23 +162,34 @@ def _metricsService(
     description: str,
     reactor: Any,
     service: _DaemonService,
-    listeners: list[ListeningService],
+    listeners: dict[ListeningService, str | None],
     pool: WorkerPool | None,
 ) -> ListeningService:
     """
     The service of C{--metrics}: C{/metrics}, and C{/healthz}, healthy while
-    every listener (and worker) is up.
+    every listener (and worker) is up; it names a service that is not.
+
+    @param listeners: each listener, with the name of its service.
     """
     try:
         endpoint = serverFromString(reactor, description)
     except Exception as e:
         raise SystemExit(f"mtlsd: --metrics {description}: {e}") from None
 
-    def healthy() -> bool:
-        return all(each.listening for each in listeners) and (pool is None or pool.allRunning)
+    def down() -> list[str]:
+        problems = sorted(
+            {
+                "not listening" if name is None else f"service {name!r}: not listening"
+                for listener, name in listeners.items()
+                if not listener.listening
+            }
+        )
+        if pool is not None and not pool.allRunning:
+            problems.append("not listening")
+        return problems
 
     return ListeningService(
-        f"--metrics {description}", endpoint, metricsSite(service.metrics, healthy)
+        f"--metrics {description}", endpoint, metricsSite(service.metrics, down)
     )
 
 

@@ -506,3 +506,67 @@ class RevokeTests(SynchronousTestCase):
             code, out, err = runCommand(self, "pki", "revoke", "--pki", pki, name)
             self.assertEqual(code, 1)
             self.assertIn(fragment, err)
+
+
+class CheckTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.dir)
+        self.assertEqual(runCommand(self, "pki", "init", os.path.join(self.dir, "pki"))[0], 0)
+
+    def config(self, text: str) -> str:
+        path = os.path.join(self.dir, "mtlsd.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_describesEachService(self) -> None:
+        """
+        C{mtlsd check --config FILE} reads every file of every service and
+        describes each: listen address, certificate, trust, backend.
+        """
+        pki = os.path.join(self.dir, "pki")
+        path = self.config(
+            f'cert = "{pki}/server.crt"\nkey = "{pki}/server.key"\n'
+            f'client-certs = "{pki}/ca.crt"\n'
+            '[[service]]\nname = "api"\nport = 8443\nforward = "tcp:127.0.0.1:8080"\n'
+            '[[service]]\nname = "web"\nport = 9443\nforward-http = "tcp:127.0.0.1:8081"\n'
+        )
+        code, out, err = runCommand(self, "check", "--config", path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("service api:\n  listen: tcp:8443:", out)
+        self.assertIn("  certificate: CN=server, valid until ", out)
+        self.assertIn(f"  trusts: {pki}/ca.crt: 0 client certificates; issuing CAs:", out)
+        self.assertIn("  backend: relay to tcp:127.0.0.1:8080\n", out)
+        self.assertIn("service web:", out)
+        self.assertIn("  backend: HTTP to tcp:127.0.0.1:8081\n", out)
+        self.assertTrue(out.endswith(f"{path}: 2 services, valid\n"), out)
+
+    def test_oneService(self) -> None:
+        """
+        A file without tables describes the daemon.
+        """
+        pki = os.path.join(self.dir, "pki")
+        code, out, err = runCommand(self, "check", "--config", self.config(f'pki = "{pki}"\n'))
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.startswith("the daemon:\n  listen: tcp:8082:"), out)
+
+    def test_problems(self) -> None:
+        """
+        A file that is missing, a mistake in a table, or a file a service
+        names that cannot be used: one line, exit 1, nothing else printed.
+        """
+        pki = os.path.join(self.dir, "pki")
+        for text, message in [
+            (None, "does not exist"),
+            ('[[service]]\nname = "api"\nportt = 1\n', "service 'api' has an unknown key 'portt'"),
+            (
+                f'[[service]]\nname = "api"\ncert = "{pki}/nope.crt"\n'
+                f'client-certs = "{pki}/ca.crt"\n',
+                "mtlsd check: service 'api': server certificate file",
+            ),
+        ]:
+            path = self.config(text) if text else os.path.join(self.dir, "none.toml")
+            code, out, err = runCommand(self, "check", "--config", path)
+            self.assertEqual((code, out, err.count("\n")), (1, "", 1), err)
+            self.assertIn(message, err)
