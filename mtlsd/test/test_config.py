@@ -18,6 +18,7 @@ from mtlsd._config import configArguments, mergeArguments, repeatableOptions
 from mtlsd._options import _REPEATABLE, Options
 
 CONTRIB = os.path.join(os.path.dirname(mtlsd.__file__), "..", "contrib", "mtlsd.toml")
+SERVICES = os.path.join(os.path.dirname(CONTRIB), "services.toml")
 
 
 class ConfigTestCase(SynchronousTestCase):
@@ -316,3 +317,26 @@ class ContribTests(SynchronousTestCase):
         self.assertTrue(options["cert"] and options["client-certs"] and options["listen"])
         for description in options["listen"]:
             serverFromString(MemoryReactor(), description)
+
+    def test_servicesExample(self) -> None:
+        """
+        C{contrib/services.toml} is a valid configuration of three services
+        (a TCP relay, HTTP forwarding, a UNIX socket backend), each
+        inheriting the defaults it does not replace.
+        """
+        if not os.path.exists(SERVICES):
+            raise SkipTest(f"{SERVICES} is not there (installed package?)")
+        options = Options()
+        options.parseOptions(["--config", SERVICES])
+        services = {service.name: service.options for service in options.services}
+        self.assertEqual(list(services), ["db", "api", "jobs"])
+        self.assertEqual(services["db"]["forward"], "tcp:127.0.0.1:5432")
+        self.assertEqual(services["api"]["forward-http"], "tcp:127.0.0.1:8080")
+        self.assertEqual(services["jobs"]["forward"], "unix:/run/jobs/app.sock")
+        self.assertEqual(services["db"]["client-certs"], ["/etc/mtlsd/tls/clients-ca.pem"])
+        self.assertEqual(len(services["api"]["client-certs"]), 2)
+        self.assertEqual(services["jobs"]["cert"], "/etc/mtlsd/tls/jobs.pem")
+        self.assertEqual({s["handshake-timeout"] for s in services.values()}, {5})
+        for service in services.values():
+            for description in service["listen"]:
+                serverFromString(MemoryReactor(), description)
