@@ -50,12 +50,14 @@ def listenDescriptions(options: Any) -> list[str]:
 
 
 def plainEndpoints(
-    reactor: Any, options: Any, role: WorkerRole | None
+    reactor: Any, options: Any, role: WorkerRole | None, first: int = 0
 ) -> list[tuple[str, IStreamServerEndpoint]]:
     """
     @param options: the daemon's options (C{listen}, C{port}, C{interface}).
     @param role: this worker's, if it is one (it adopts the main process's
         sockets).
+    @param first: for a worker, the index of the first of these listeners'
+        sockets among those of every service.
     @return: each plain endpoint to listen on, with the option that names
         it (C{--listen DESCRIPTION}, C{--port PORT}), for messages.
     @raise ConfigurationError: for a description that names no endpoint.
@@ -64,7 +66,7 @@ def plainEndpoints(
         f"--port {DEFAULT_PORT if options['port'] is None else options['port']}"
     ]
     if role is not None:
-        adopted = role.endpoints(reactor, listenDescriptions(options))
+        adopted = role.endpoints(reactor, listenDescriptions(options), first)
         return [(name, endpoint) for name, (_, endpoint) in zip(named, adopted, strict=True)]
     endpoints = []
     backlog = "" if options["listen"] else f":backlog={DEFAULT_BACKLOG}"

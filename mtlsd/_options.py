@@ -425,13 +425,7 @@ class Options(usage.Options):
             # and writes with the one its options name: mtlsd's JSON lines.
             twist["fileLogObserverFactory"] = jsonLinesObserver
         if self.hasServices:
-            # The rest is each service's (see mtlsd._services).
-            if self["workers"] > 1:
-                raise usage.UsageError(
-                    "--workers with [[service]] tables is not supported yet: run one daemon"
-                    " per service, or one worker."
-                )
-            return
+            return  # the rest is each service's (see mtlsd._services)
         if self["quiet"] not in (None, "handshake-errors"):
             raise usage.UsageError(f"--quiet takes handshake-errors, not {self['quiet']!r}.")
         if self["tls-min-version"] not in TLS_VERSIONS:

@@ -72,6 +72,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         (each.name, each.options) for each in options.services
     ] or [(None, options)]
     built = []
+    first = 0  # a worker's sockets: every service's, in their order
     for name, serviceOptions in services:
         try:
             built.append(
@@ -80,12 +81,17 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
                     serviceOptions,
                     MtlsServer(serverConfiguration(serviceOptions, name), cast(Any, reactor)),
                     appFactory(serviceOptions, reactor, name),
-                    plainEndpoints(reactor, serviceOptions, role),
+                    plainEndpoints(reactor, serviceOptions, role, first),
                 )
             )
+            first += len(built[-1][4])
         except ConfigurationError as e:
             where = "" if name is None else f"service {name!r}: "
             raise SystemExit(f"mtlsd: {where}{e}") from None
+    if role is not None and first != len(role.sockets):
+        raise SystemExit(
+            f"mtlsd: worker {role.index}: {len(role.sockets)} sockets for {first} listeners."
+        )
     getters = {name: _settingsOf(server) for name, _, server, _, _ in built}
     metrics = (
         Metrics(getters[None])

@@ -98,18 +98,23 @@ class WorkerRole:
         )
 
     def endpoints(
-        self, reactor: Any, descriptions: Sequence[str]
+        self, reactor: Any, descriptions: Sequence[str], first: int = 0
     ) -> list[tuple[str, IStreamServerEndpoint]]:
         """
         The inherited sockets as endpoints, for the listeners C{descriptions}
         (a C{haproxy:} listener reads the PROXY header here too).
+
+        @param first: the index of the first of their sockets (the
+            listeners of every service are passed in the services' order).
         """
-        if len(descriptions) != len(self.sockets):
+        sockets = self.sockets[first : first + len(descriptions)]
+        if len(descriptions) != len(sockets):
             raise ConfigurationError(
-                f"worker {self.index}: {len(self.sockets)} sockets for {len(descriptions)} listeners."
+                f"worker {self.index}: {len(self.sockets)} sockets for"
+                f" {first + len(descriptions)} listeners."
             )
         endpoints = []
-        for description, (fd, family) in zip(descriptions, self.sockets, strict=True):
+        for description, (fd, family) in zip(descriptions, sockets, strict=True):
             endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
             if description.startswith("haproxy:"):
                 endpoint = proxyEndpoint(endpoint)

@@ -124,3 +124,33 @@ class TwoServicesTests(DaemonTestMixin, SynchronousTestCase):
             r'"event": "reloaded".*"service": "gamma"|"service": "gamma".*"event": "reloaded"'
         )
         self.assertEqual({e["service"] for e in self.events("reloaded")}, {"alpha", "gamma"})
+
+
+class ServicesWithWorkersTests(DaemonTestMixin, SynchronousTestCase):
+    def test_everyServiceInEveryWorker(self) -> None:
+        """
+        With C{workers = 2}, the workers serve every service: each adopts
+        the sockets of all of them, and their events name the service.
+        """
+        directory = self.workDirectory()
+        with open(os.path.join(directory, "mtlsd.toml"), "w") as f:
+            f.write("workers = 2\n" + CONFIG.split('[[service]]\nname = "gamma"')[0])
+        daemon = Daemon(directory, ["--config", "mtlsd.toml"])
+        self.addCleanup(daemon.stop)
+        ports = {}
+        for name in ("alpha", "beta"):
+            [line] = daemon.waitForLog(rf"service {name}: listening on ")
+            found = re.search(r"listening on \S*:(\d+)", json.loads(line)["message"])
+            assert found is not None, line
+            ports[name] = int(found.group(1))
+        daemon.waitForLog(r'"event": "worker-started"', count=2)
+        daemon.waitForLog(r"service beta: listening on .*\"worker\"", count=2)
+        for name, pki in (("alpha", "pki-a"), ("beta", "pki-b")):
+            client = pkiClient(ports[name], os.path.join(directory, pki))
+            self.addCleanup(client.close)
+            client.sendall(b"hello")
+            self.assertEqual(receiveExactly(client, 5), b"hello")
+        records = [json.loads(line) for line in daemon.log().splitlines()]
+        accepted = [r for r in records if r["event"] == "accepted"]
+        self.assertEqual(sorted(r["service"] for r in accepted), ["alpha", "beta"])
+        self.assertTrue(all("worker" in r for r in accepted))

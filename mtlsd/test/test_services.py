@@ -129,12 +129,11 @@ handshake-timeout = 2
 
     def test_workers(self) -> None:
         """
-        C{--workers} with services is refused, as not supported yet.
+        C{workers} is the daemon's, at the top level (every worker serves
+        every service).
         """
-        self.assertRefused(
-            'workers = 2\n[[service]]\nname = "a"\nport = 1\n',
-            "--workers with [[service]] tables is not supported yet",
-        )
+        options = self.parse('workers = 2\n[[service]]\nname = "a"\nport = 1\n')
+        self.assertEqual(options["workers"], 2)
 
     def test_anyPortTwice(self) -> None:
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
@@ -85,7 +85,9 @@ class WorkerRoleTests(SynchronousTestCase):
     def test_endpoints(self) -> None:
         """
         Each listener gets its inherited socket, a C{haproxy:} one wrapped to
-        read the PROXY header; a count mismatch is a configuration error.
+        read the PROXY header; the listeners of a later service take the
+        sockets after the earlier ones'; more listeners than sockets is a
+        configuration error.
         """
         role = WorkerRole(1, ((4, socket.AF_INET), (5, socket.AF_INET)))
         endpoints: Any = role.endpoints(Clock(), ["tcp:1", "haproxy:tcp:2"])
@@ -93,7 +95,10 @@ class WorkerRoleTests(SynchronousTestCase):
         self.assertEqual((plain, proxied), ("tcp:1 (worker 1)", "haproxy:tcp:2 (worker 1)"))
         self.assertEqual((tcp.fileno, tcp.addressFamily), (4, socket.AF_INET))
         self.assertEqual(type(wrapped).__name__, "_WrapperServerEndpoint")
-        self.assertRaises(ConfigurationError, role.endpoints, Clock(), ["tcp:1"])
+        [(second, adopted)] = cast(Any, role.endpoints(Clock(), ["tcp:3"], 1))
+        self.assertEqual(adopted.fileno, 5)
+        self.assertRaises(ConfigurationError, role.endpoints, Clock(), ["tcp:1", "tcp:2", "tcp:3"])
+        self.assertRaises(ConfigurationError, role.endpoints, Clock(), ["tcp:1", "tcp:2"], 1)
 
 
 class WorkerPoolTests(SynchronousTestCase):
