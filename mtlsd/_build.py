@@ -9,6 +9,7 @@ plain stream endpoint.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import IService
@@ -183,13 +184,15 @@ class MtlsServer:
         self.limits = configuration.limits()
 
     def endpoint(
-        self, plain: IStreamServerEndpoint, startsReloader: bool = True
+        self, plain: IStreamServerEndpoint, startsReloader: bool = True, router: Any = None
     ) -> MtlsServerEndpoint:
         """
         @param plain: the stream endpoint to put mutual TLS on.
         @param startsReloader: start the reloader with the first C{listen}
             and stop it with the last port (C{False}: it is run as a service
             of its own, as the daemon does).
+        @param router: chooses among the services sharing C{plain}
+            (L{mtlsd._sni.ServerNameRouter}), this server being the first.
         @return: an endpoint listening with mutual TLS on C{plain}.
         """
         return MtlsServerEndpoint(
@@ -200,6 +203,7 @@ class MtlsServer:
             self.reloader if startsReloader else None,
             self.configuration.quietRejections,
             self.configuration.service,
+            router,
         )
 
 
@@ -218,6 +222,7 @@ class MtlsServerEndpoint:
         reloader: IService | None = None,
         quietRejections: bool = False,
         service: str | None = None,
+        router: Any = None,
     ) -> None:
         """
         @param context: the server's TLS context.
@@ -232,6 +237,7 @@ class MtlsServerEndpoint:
         """
         self._context = context
         self._service = service
+        self._router = router
         self._endpoint = endpoint
         self._limits = limits
         self._clock = clock
@@ -251,7 +257,13 @@ class MtlsServerEndpoint:
         """
         holding = self._holdReloader()
         gate = gateFactory(
-            self._context, protocolFactory, self._limits, self._clock, self._quiet, self._service
+            self._context,
+            protocolFactory,
+            self._limits,
+            self._clock,
+            self._quiet,
+            self._service,
+            self._router,
         )
         listener = TLSListener(
             self._context.socketConnection,

@@ -114,6 +114,7 @@ class ServerContext:
         """
         self._recorder = VerifyRecorder()
         self._checks = tuple(checks)
+        self._servernameCallback: Any = None
         self.sessions = SessionRegistry()
         self.update(settings)
 
@@ -180,9 +181,27 @@ class ServerContext:
 
         setVerify(context, context.get_verify_mode(), verify)
         context.set_alpn_select_callback(_selectALPN)
+        if self._servernameCallback is not None:
+            _lib.SSL_CTX_set_tlsext_servername_callback(context._context, self._servernameCallback)
         if settings.signatureAlgorithms is not None:  # last: it makes a connection
             checkServerSigns(context, minimum, settings.signatureAlgorithms)
         self.settings, self.admission, self._options = settings, admission, options
+
+    @property
+    def sslContext(self) -> SSL.Context:
+        """
+        The OpenSSL context of the settings in force.
+        """
+        return self._options.getContext()
+
+    def chooseServiceWith(self, callback: Any) -> None:
+        """
+        Have OpenSSL call C{callback} (a C{SSL_CTX} servername callback, see
+        L{mtlsd._sni}) with each client's server name, now and after every
+        reload.
+        """
+        self._servernameCallback = callback
+        _lib.SSL_CTX_set_tlsext_servername_callback(self.sslContext._context, callback)
 
     def revalidate(self) -> int:
         """

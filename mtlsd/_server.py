@@ -198,6 +198,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     _early: list[bytes] | None = None  # received while the verdict was pending
     _earlyEnd = False  # the client closed its direction meanwhile
     _earlyPaused = False
+    _followed = False
     _lost = False
     peerNotAfter = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
     _peer: _Peer | None = None
@@ -295,6 +296,8 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         L{Admission.afterHandshake}), now or later.  Until it has, the
         application has not started and the handshake timeout runs.
         """
+        if not self._follow():
+            return
         context = self.factory.context
         try:
             certificate, chain, resumed = _presented(self._tls.getHandle(), context)
@@ -364,6 +367,37 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         self._early = None
         if not self._lost:
             self._refuse(f"admission check failed: {failure.getErrorMessage()}", {})
+
+    def _follow(self) -> bool:
+        """
+        On an address shared by services, become the connection of the one
+        chosen by the client's server name (its context, limits,
+        application and events), once.
+
+        @return: whether the connection goes on (its service's limits may
+            refuse it).
+        """
+        router = self.factory.router
+        if router is None or self._followed:
+            return True
+        self._followed = True
+        route = router.route(self._tls.getHandle())
+        if route is None:
+            return True
+        gate, self._startedUnder = route
+        if gate is None or gate is self.factory:
+            return True
+        self.factory.limits.release(self._host)
+        self.factory.unregisterProtocol(self)
+        self.factory = gate
+        gate.registerProtocol(self)
+        refused = gate.limits.admit(self._host)
+        if refused is not None:
+            self._admitted = False
+            emit(log, "refused", **gate.serviceField, client=self._client, limit=refused)
+            self._tls.abortConnection()
+            return False
+        return True
 
     def _admit(
         self,
@@ -489,6 +523,8 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         pending = self._pending is not None
         if self._pending is not None:
             self._pending.cancel()
+        if self._admitted and self._peer is None:
+            self._follow()  # a refusal is the chosen service's
         self.factory.unregisterProtocol(self)
         self.factory.context.sessions.ended(self)
         if not self._admitted:
@@ -513,8 +549,11 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
     def _logRejection(self, reason: Failure, pending: bool) -> None:
         failure = self.factory.context.verifyFailure(self._tls.getHandle())
         fields: dict[str, Any] = {}
+        refusedName = self.factory.router and self.factory.router.refusal(self._tls.getHandle())
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
+        elif refusedName:
+            text = refusedName
         elif pending:
             text = CLOSED_BEFORE_ADMISSION
         elif self._refusal is not None:
@@ -583,6 +622,7 @@ class _GateFactory(WrappingFactory):
         clock: IReactorTime,
         quietRejections: bool,
         service: str | None = None,
+        router: Any = None,
     ) -> None:
         WrappingFactory.__init__(self, appFactory)  # type: ignore[arg-type]
         self.context = context
@@ -590,6 +630,7 @@ class _GateFactory(WrappingFactory):
         self.clock = clock
         self.quietRejections = quietRejections
         self.serviceField = serviceField(service)
+        self.router = router  # of a shared address: mtlsd._sni.ServerNameRouter
 
     def buildProtocol(self, addr: IAddress | None) -> _GateProtocol:
         assert addr is not None
@@ -635,12 +676,14 @@ def gateFactory(
     clock: IReactorTime | None = None,
     quietRejections: bool = False,
     service: str | None = None,
+    router: Any = None,
 ) -> _GateFactory:
     """
     The factory of the gates between a TLS transport (mtlsd's own, or
     Twisted's of L{mtlsServerFactory}) and the application; the arguments
-    are L{mtlsServerFactory}'s, and C{service} names the daemon's service in
-    the events of its connections.
+    are L{mtlsServerFactory}'s, C{service} names the daemon's service in
+    the events of its connections, and C{router} chooses among the services
+    of a shared address (L{mtlsd._sni.ServerNameRouter}).
     """
     if clock is None:
         from twisted.internet import reactor
@@ -648,5 +691,5 @@ def gateFactory(
         clock = reactor
     assert clock is not None
     return _GateFactory(
-        context, appFactory, limits or ConnectionLimits(), clock, quietRejections, service
+        context, appFactory, limits or ConnectionLimits(), clock, quietRejections, service, router
     )

@@ -30,7 +30,10 @@ from ._logging import logObserver
 from ._metrics import Metrics, metricsSite
 from ._options import Options, serverConfiguration
 from ._pki import DEFAULT_PKI_DIR
+from ._server import gateFactory
+from ._services import ServiceOptions, sharedAddresses
 from ._settings import ServerTLSSettings
+from ._sni import ServerNameRouter
 from ._workers import WatchMainProcess, WorkerPool, WorkerRole
 
 __all__ = ["Options", "makeService"]  # Options: what twistd's ServiceMaker reads here
@@ -71,8 +74,12 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     services: list[tuple[str | None, Options]] = [
         (each.name, each.options) for each in options.services
     ] or [(None, options)]
+    # Services sharing an address: the first listens, the others are chosen
+    # by server name on its connections.
+    shared = {group[0].name: group for group in sharedAddresses(options.services)}
+    followers = {each.name for group in shared.values() for each in group[1:]}
     built = []
-    first = 0  # a worker's sockets: every service's, in their order
+    first = 0  # a worker's sockets: every listening service's, in their order
     for name, serviceOptions in services:
         try:
             built.append(
@@ -81,7 +88,9 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
                     serviceOptions,
                     MtlsServer(serverConfiguration(serviceOptions, name), cast(Any, reactor)),
                     appFactory(serviceOptions, reactor, name),
-                    plainEndpoints(reactor, serviceOptions, role, first),
+                    []
+                    if name in followers
+                    else plainEndpoints(reactor, serviceOptions, role, first),
                 )
             )
             first += len(built[-1][4])
@@ -102,15 +111,18 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     supervising = role is None and options["workers"] > 1
     listeners = []
     serviceOf: dict[ListeningService, str | None] = {}
+    servers = {name: (server, app) for name, _, server, app, _ in built}
     for name, serviceOptions, server, app, plain in built:
         server.reloader.setServiceParent(service)
         _Drain(server.context, reactor, options["drain-timeout"], name).setServiceParent(service)
+        group = shared.get(name, []) if name is not None else []
+        router = _router(group, servers, reactor) if len(group) > 1 else None
         for description, endpoint in plain:
             listener = ListeningService(
                 description if name is None else f"service {name!r}: {description}",
-                server.endpoint(endpoint, False),
+                server.endpoint(endpoint, False, router),
                 app,
-                partial(_onListening, serviceOptions, name, supervising, role),
+                partial(_onListening, serviceOptions, group or name, supervising, role),
             )
             listener.setServiceParent(service)
             listeners.append(listener)
@@ -140,25 +152,60 @@ def _settingsOf(server: MtlsServer) -> Callable[[], ServerTLSSettings]:
     return lambda: server.context.settings
 
 
+def _router(
+    group: list[ServiceOptions],
+    servers: dict[str | None, tuple[MtlsServer, Any]],
+    reactor: Any,
+) -> ServerNameRouter:
+    """
+    The chooser of the services sharing the first one's address.
+    """
+    entries = []
+    for number, each in enumerate(group):
+        server, app = servers[each.name]
+        gate = None
+        if number:
+            configuration = server.configuration
+            gate = gateFactory(
+                server.context,
+                app,
+                server.limits,
+                reactor,
+                configuration.quietRejections,
+                each.name,
+            )
+        entries.append((each, server.context, gate))
+    router = ServerNameRouter(entries)
+    servers[group[0].name][0].context.chooseServiceWith(router.callback)
+    return router
+
+
 def _onListening(
     options: Options,
-    name: str | None,
+    name: str | None | list[ServiceOptions],
     supervising: bool,
     role: WorkerRole | None,
     port: IListeningPort,
 ) -> None:
     """
-    A listener of a service is up: with C{--workers}, leave accepting to
-    the workers; on the development PKI, say how to try it.
+    A listener of a service (or of services chosen by server name) is up:
+    with C{--workers}, leave accepting to the workers; on the development
+    PKI, say how to try it.
     """
     if supervising:
         pause(port)  # its workers accept
-    if name is not None:
-        log.info(
-            "service {service}: listening on {address}",
-            service=name,
-            address=formatAddress(port.getHost()),
-        )
+    address = formatAddress(port.getHost())
+    if isinstance(name, list):
+        for each in name:
+            log.info(
+                "service {service}: listening on {address} for server names {names}",
+                service=each.name,
+                address=address,
+                names=(", ".join(each.serverNames) or "(none)")
+                + ("; the default" if each.default else ""),
+            )
+    elif name is not None:
+        log.info("service {service}: listening on {address}", service=name, address=address)
     tcpPort = getattr(port.getHost(), "port", None)
     if role is None and not options["cert"] and tcpPort is not None:
         log.info("try: {command}", command=_connectCommand(options, f"localhost:{tcpPort}"))

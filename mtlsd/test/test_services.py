@@ -97,14 +97,35 @@ handshake-timeout = 2
                 "service 'api': metrics applies to the whole daemon",
             ),
             (
-                '[[service]]\nname = "api"\nserver-names = ["a.example"]\n',
-                "service 'api': server-names (choosing a service by the client's server name)"
-                " is not supported yet",
+                '[[service]]\nname = "api"\nserver-names = ["a..example"]\n',
+                "service 'api': server-names 'a..example' is not a DNS name",
             ),
             (
                 '[[service]]\nname = "a"\n[[service]]\nname = "b"\n',
                 "services 'a' and 'b' both listen on tcp:8082",
             ),
+            (
+                '[[service]]\nname = "a"\nserver-names = "x.example"\n'
+                '[[service]]\nname = "b"\nserver-names = "X.example"\n',
+                "server name x.example is in the server-names of both services 'a' and 'b'",
+            ),
+            (
+                '[[service]]\nname = "a"\ndefault = true\n'
+                '[[service]]\nname = "b"\ndefault = true\n',
+                "services 'a' and 'b' are both the default of tcp:8082",
+            ),
+            (
+                '[[service]]\nname = "a"\nserver-names = "a.example"\n'
+                '[[service]]\nname = "b"\nserver-names = "b.example"\ntls-min-version = "1.3"\n',
+                "services 'a' and 'b' share tcp:8082:interface=\\:\\:, so they must agree on"
+                " tls-min-version",
+            ),
+            (
+                '[[service]]\nname = "a"\nlisten = ["tcp:1", "tcp:2"]\n'
+                '[[service]]\nname = "b"\nlisten = "tcp:2"\n',
+                "services 'a' and 'b' share tcp:2 but not all their addresses",
+            ),
+            ('[[service]]\nname = "a"\ndefault = 1\n', "service 'a': default takes true or false"),
             ("service = 3\n", "service must be tables, each [[service]]"),
         ]:
             self.assertRefused(toml, message)
@@ -134,6 +155,20 @@ handshake-timeout = 2
         """
         options = self.parse('workers = 2\n[[service]]\nname = "a"\nport = 1\n')
         self.assertEqual(options["workers"], 2)
+
+    def test_serverNames(self) -> None:
+        """
+        Services sharing an address each name their server names (or one
+        is the default); names match without case, C{*.} one label.
+        """
+        options = self.parse(
+            '[[service]]\nname = "a"\nport = 1\nserver-names = ["A.example", "*.b.example"]\n'
+            '[[service]]\nname = "b"\nport = 1\ndefault = true\n'
+        )
+        a, b = options.services
+        self.assertEqual((a.serverNames, b.default), (("a.example", "*.b.example"), True))
+        self.assertTrue(a.serves("a.EXAMPLE.") and a.serves("x.b.example"))
+        self.assertFalse(a.serves("b.example") or a.serves("y.x.b.example"))
 
     def test_anyPortTwice(self) -> None:
         """

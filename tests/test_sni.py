@@ -1,0 +1,137 @@
+"""
+Black-box tests of services sharing one address, chosen by the server name
+the client asks for (SNI): a real C{twistd mtlsd --config FILE} and
+C{openssl s_client -servername}.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests._process import OPENSSL, Daemon, mtlsd, receiveExactly, run, tlsClient
+from tests.test_daemon import DaemonTestMixin
+from tests.test_forward import freePort
+from tests.test_trust import cutWithin
+
+
+def fingerprint(pem: bytes) -> str:
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+class ServerNameTests(DaemonTestMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.requireOpenSSL()
+        self.directory = self.workDirectory()
+        for pki, name in (("pki-a", "a.example"), ("pki-b", "b.example")):
+            done = mtlsd("pki", "init", pki, "--server-name", name, cwd=self.directory)
+            self.assertEqual(done.returncode, 0, done.stderr)
+        self.port = freePort()
+
+    def start(self, defaultB: bool = False) -> Daemon:
+        with open(os.path.join(self.directory, "mtlsd.toml"), "w") as f:
+            f.write(
+                f"reload-interval = 0.2\n"
+                f'[[service]]\nname = "a"\nport = {self.port}\npki = "pki-a"\n'
+                f'server-names = ["a.example"]\n'
+                f'[[service]]\nname = "b"\nport = {self.port}\npki = "pki-b"\n'
+                f'server-names = ["b.example", "*.b.example"]\n'
+                + ("default = true\n" if defaultB else "")
+            )
+        daemon = Daemon(self.directory, ["--config", "mtlsd.toml"])
+        self.addCleanup(daemon.stop)
+        daemon.waitForLog(r"service b: listening on \S+ for server names b\.example")
+        return daemon
+
+    def sClient(self, serverName: str, pki: str) -> tuple[int, str]:
+        assert OPENSSL is not None
+        done = run(
+            [
+                OPENSSL, "s_client", "-connect", f"127.0.0.1:{self.port}",
+                "-servername", serverName, "-cert", f"{pki}/client.crt",
+                "-key", f"{pki}/client.key", "-CAfile", f"{pki}/ca.crt", "-showcerts",
+            ],
+            self.directory,
+            b"Q\n",
+        )  # fmt: skip
+        return done.returncode, done.stdout.decode() + done.stderr.decode()
+
+    def served(self, output: str) -> str:
+        found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", output, re.S)
+        assert found is not None, output
+        return fingerprint(found.group(0).encode())
+
+    def pkiFile(self, pki: str, name: str) -> bytes:
+        with open(os.path.join(self.directory, pki, name), "rb") as f:
+            return f.read()
+
+    def test_certificateAndTrustByName(self) -> None:
+        """
+        The server name picks the service: its certificate, and its trust
+        (a client of the other service's PKI is refused).
+        """
+        daemon = self.start()
+        for serverName, pki in (
+            ("a.example", "pki-a"),
+            ("b.example", "pki-b"),
+            ("x.b.example", "pki-b"),
+        ):
+            code, output = self.sClient(serverName, pki)
+            self.assertEqual(code, 0, output)
+            self.assertEqual(self.served(output), fingerprint(self.pkiFile(pki, "server.crt")))
+        daemon.waitForLog(r"\[mtlsd:a#info\] accepted .* CN=client")
+        daemon.waitForLog(r"\[mtlsd:b#info\] accepted .* CN=client", count=2)
+        # a's client, presenting its certificate to b (and trusting b's CA)
+        client = mtlsd(
+            "connect", f"localhost:{self.port}", "--servername", "b.example",
+            "--ca", "pki-b/ca.crt", "--cert", "pki-a/client.crt", "--key", "pki-a/client.key",
+            cwd=self.directory, input=b"ping\n",
+        )  # fmt: skip
+        self.assertEqual((client.returncode, client.stdout), (1, b""), client.stderr)
+        daemon.waitForLog(r"\[mtlsd:b#info\] rejected ")
+
+    def test_unknownName(self) -> None:
+        """
+        A name no service has, without a default service: the handshake is
+        refused with C{unrecognized_name}, and logged.
+        """
+        daemon = self.start()
+        code, output = self.sClient("c.example", "pki-a")
+        self.assertIn("unrecognized name", output)
+        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: no service for server name c\.example")
+
+    def test_defaultService(self) -> None:
+        """
+        With a default service, a name no service has (or none) reaches it.
+        """
+        daemon = self.start(defaultB=True)
+        code, output = self.sClient("c.example", "pki-b")
+        self.assertEqual(code, 0, output)
+        self.assertEqual(self.served(output), fingerprint(self.pkiFile("pki-b", "server.crt")))
+        daemon.waitForLog(r"\[mtlsd:b#info\] accepted ")
+
+    def test_trustChangeCutsOnlyItsService(self) -> None:
+        """
+        A revocation in a's PKI cuts a's live session; b's, on the same
+        port, goes on.
+        """
+        self.start()
+        sessions = {}
+        for service in ("a", "b"):
+            pki = os.path.join(self.directory, f"pki-{service}")
+            sessions[service] = tlsClient(
+                self.port, f"{pki}/client.crt", f"{pki}/client.key", f"{pki}/ca.crt",
+                f"{service}.example",
+            )  # fmt: skip
+            self.addCleanup(sessions[service].close)
+            sessions[service].sendall(b"hello")
+            self.assertEqual(receiveExactly(sessions[service], 5), b"hello")
+        done = mtlsd("pki", "revoke", "client", "--pki", "pki-a", cwd=self.directory)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        cutWithin(sessions["a"])
+        sessions["b"].sendall(b"still")
+        self.assertEqual(receiveExactly(sessions["b"], 5), b"still")
