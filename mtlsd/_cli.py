@@ -364,6 +364,12 @@ def _check(args: argparse.Namespace, out: IO[str]) -> int:
         where = "" if name is None else f"service {name!r}: "
         lines.append(f"{'the daemon' if name is None else 'service ' + name}:\n")
         lines.append(f"  listen: {', '.join(listenDescriptions(serviceOptions))}\n")
+        names = next((each for each in options.services if each.name == name), None)
+        if names is not None and (names.serverNames or names.default):
+            lines.append(
+                f"  server names: {', '.join(names.serverNames) or '(none)'}"
+                f"{' (the default)' if names.default else ''}\n"
+            )
         if not serviceOptions["cert"] and not DevelopmentPKI(serviceOptions["pki"]).exists():
             lines.append(f"  development PKI {serviceOptions['pki']} (made at the first start)\n")
         else:

@@ -531,6 +531,8 @@ class CheckTests(SynchronousTestCase):
             f'client-certs = "{pki}/ca.crt"\n'
             '[[service]]\nname = "api"\nport = 8443\nforward = "tcp:127.0.0.1:8080"\n'
             '[[service]]\nname = "web"\nport = 9443\nforward-http = "tcp:127.0.0.1:8081"\n'
+            'server-names = "web.example"\n'
+            '[[service]]\nname = "other"\nport = 9443\ndefault = true\n'
         )
         code, out, err = runCommand(self, "check", "--config", path)
         self.assertEqual((code, err), (0, ""))
@@ -540,7 +542,9 @@ class CheckTests(SynchronousTestCase):
         self.assertIn("  backend: relay to tcp:127.0.0.1:8080\n", out)
         self.assertIn("service web:", out)
         self.assertIn("  backend: HTTP to tcp:127.0.0.1:8081\n", out)
-        self.assertTrue(out.endswith(f"{path}: 2 services, valid\n"), out)
+        self.assertIn("  server names: web.example\n", out)
+        self.assertIn("  server names: (none) (the default)\n", out)
+        self.assertTrue(out.endswith(f"{path}: 3 services, valid\n"), out)
 
     def test_oneService(self) -> None:
         """
