@@ -54,6 +54,8 @@ class ServerConfiguration:
     @ivar certificate: the server certificate file (PEM, optionally with
         chain and key; or PKCS#12).
     @ivar key: its key file, or L{None} for the key inside C{certificate}.
+    @ivar moreCertificates: server certificates of other key types (RSA
+        beside ECDSA), each with its key file (or L{None}).
     @ivar passphrase: the file of the key's passphrase, if any.
     @ivar clientCertificates: bundles of trusted client certificates and CAs.
     @ivar clientCAs: bundles of CAs trusted whatever their keyUsage.
@@ -88,6 +90,7 @@ class ServerConfiguration:
 
     certificate: Path
     key: Path | None = None
+    moreCertificates: tuple[tuple[Path, Path | None], ...] = ()
     passphrase: Path | None = None
     clientCertificates: tuple[Path, ...] = field(default=(), converter=_paths)
     clientCAs: tuple[Path, ...] = field(default=(), converter=_paths)
@@ -130,6 +133,7 @@ class ServerConfiguration:
             verifyDepth=self.verifyDepth,
             minimumTLSVersion=self.minimumTLSVersion,
             signatureAlgorithms=self.signatureAlgorithms,
+            morePaths=self.moreCertificates,
             **({} if self.groups is None else {"groups": self.groups}),
         )
 
@@ -139,6 +143,7 @@ class ServerConfiguration:
         The files the settings are read from, to watch.
         """
         optional = [path for path in (self.key, self.passphrase) if path]
+        optional += [path for pair in self.moreCertificates for path in pair if path]
         return [self.certificate, *optional, *self.clientCertificates, *self.clientCAs, *self.crls]
 
     def limits(self) -> ConnectionLimits:

@@ -377,11 +377,14 @@ def _check(args: argparse.Namespace, out: IO[str]) -> int:
                 settings = serverConfiguration(serviceOptions, name).load()
             except ConfigurationError as e:
                 raise ConfigurationError(f"{where}{e}") from None
-            certificate = settings.certificate
-            lines.append(
-                f"  certificate: {certificate.subject.rfc4514_string()}, valid until"
-                f" {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z\n"
-            )
+            for certificate in [
+                settings.certificate,
+                *(c for c, _, _ in settings.moreCertificates),
+            ]:
+                lines.append(
+                    f"  certificate: {certificate.subject.rfc4514_string()}, valid until"
+                    f" {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z\n"
+                )
             lines += [f"  trusts: {bundle}\n" for bundle in settings.bundles]
         backend = (
             f"HTTP to {serviceOptions['forward-http']}"

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib  # the mode bits pyOpenSSL does not name
-from OpenSSL.crypto import FILETYPE_ASN1, X509, X509StoreFlags, dump_certificate
+from OpenSSL.crypto import FILETYPE_ASN1, X509, PKey, X509StoreFlags, dump_certificate
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import (
     AcceptableCiphers,
@@ -141,6 +141,15 @@ class ServerContext:
             **({"raiseMinimumTo": TLS_VERSIONS[minimum]} if minimum != "1.2" else {}),
         )
         context = options.getContext()
+        for certificate, key, chain in settings.moreCertificates:
+            # OpenSSL keeps one certificate per key type and presents the one
+            # the client's signature algorithms allow; intermediates join the
+            # context's extra chain.
+            context.use_certificate(X509.from_cryptography(certificate))
+            context.use_privatekey(PKey.from_cryptography_key(cast(Any, key)))
+            context.check_privatekey()
+            for intermediate in chain:
+                context.add_extra_chain_cert(X509.from_cryptography(intermediate))
         setCryptoPolicy(context, settings.groups, settings.signatureAlgorithms)
         # On a socket (mtlsd._sockettls), a write OpenSSL could not finish is
         # retried from a buffer that may have moved; idle connections give

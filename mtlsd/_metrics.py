@@ -126,7 +126,7 @@ class Metrics:
         self.lastReload.set_to_current_time()
         published = self._published[service] = []
         for role, certificates in (
-            ("server", [settings.certificate]),
+            ("server", [settings.certificate, *(c for c, _, _ in settings.moreCertificates)]),
             ("trusted", settings.anchors),
         ):
             for certificate in certificates:

@@ -95,13 +95,6 @@ class Options(usage.Options):
             "Address to listen on with --port (default: all, IPv4 and IPv6).",
         ],
         [
-            "cert",
-            "c",
-            None,
-            "Server certificate PEM, optionally followed by its chain and key.",
-        ],
-        ["key", "k", None, "Server private key PEM (default: the key inside --cert)."],
-        [
             "key-passphrase-file",
             None,
             None,
@@ -354,6 +347,25 @@ class Options(usage.Options):
                 message += " (twistd mtlsd --help lists the options)"
             raise SystemExit(f"mtlsd: {message}") from None
 
+    def opt_cert(self, path: str) -> None:
+        """
+        Server certificate PEM, optionally followed by its chain and key;
+        again for a certificate of another key type (RSA and ECDSA: the
+        client's signature algorithms pick).
+        """
+        self["cert"].append(path)
+
+    opt_c = opt_cert
+
+    def opt_key(self, path: str) -> None:
+        """
+        Server private key PEM (default: the key inside --cert); one per
+        --cert when given.
+        """
+        self["key"].append(path)
+
+    opt_k = opt_key
+
     def opt_client_certs(self, path: str) -> None:
         """
         PEM bundle of trusted client certificates and/or CAs (repeatable).
@@ -465,6 +477,13 @@ class Options(usage.Options):
             raise usage.UsageError("--listen and --port cannot be used together.")
         if self["listen"] and self["interface"]:
             raise usage.UsageError("--interface goes with --port, not --listen.")
+        if self["cert"] and self["key"] and len(self["key"]) != len(self["cert"]):
+            raise usage.UsageError(
+                f"--key is given {len(self['key'])} time{'s' * (len(self['key']) != 1)} for"
+                f" {len(self['cert'])} --cert: give"
+                " one --key per --cert, in the same order, or none (each key inside its"
+                " certificate file)."
+            )
         given = [name for name in ("cert", "key", "key-passphrase-file") if self[name]]
         given += [name for name in ("client-certs", "client-ca", "crl") if self[name]]
         if given and "cert" not in given:
@@ -517,6 +536,8 @@ def _takeConfig(argv: list[str], longOptions: list[str]) -> tuple[str | None, li
 
 
 _REPEATABLE = (
+    "cert",
+    "key",
     "client-certs",
     "client-ca",
     "listen",
@@ -576,13 +597,25 @@ def _checkBackend(description: str, option: str = "forward") -> None:
         )
 
 
-def _trustFiles(options: Options) -> tuple[str, str, list[str], list[str]]:
+def _first(paths: list[str]) -> str | None:
+    return paths[0] if paths else None
+
+
+def _moreCertificates(options: Options) -> tuple[tuple[str, str | None], ...]:
+    """
+    The server certificates after the first, each with its key file.
+    """
+    keys = options["key"][1:] or [None] * (len(options["cert"]) - 1)
+    return tuple(zip(options["cert"][1:], keys, strict=True))
+
+
+def _trustFiles(options: Options) -> tuple[str, str | None, list[str], list[str]]:
     """
     The server certificate, key, client bundles and CRLs: as given, or those
     of the development PKI, which is made if it is not there yet.
     """
     if options["cert"]:
-        return options["cert"], options["key"], options["client-certs"], options["crl"]
+        return options["cert"][0], _first(options["key"]), options["client-certs"], options["crl"]
     pki = DevelopmentPKI(options["pki"])
     where = os.path.abspath(options["pki"])
     if pki.exists():
@@ -626,6 +659,7 @@ def serverConfiguration(options: Options, service: str | None = None) -> ServerC
     return ServerConfiguration(
         certificate=certificate,
         key=key,
+        moreCertificates=_moreCertificates(options) if options["cert"] else (),
         passphrase=options["key-passphrase-file"],
         clientCertificates=clientCertificates,
         clientCAs=options["client-ca"],

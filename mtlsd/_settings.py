@@ -86,6 +86,14 @@ def _describeBundle(
     return f"{path}: {count} client certificate{plural}; issuing CAs: {named}"
 
 
+def _keyKind(key: PrivateKeyTypes) -> str:
+    """
+    The kind of a key as OpenSSL keeps one certificate per kind.
+    """
+    name = type(key).__name__.replace("PrivateKey", "")
+    return {"EC": "ECDSA"}.get(name, name)
+
+
 @frozen
 class ServerTLSSettings:
     """
@@ -114,6 +122,9 @@ class ServerTLSSettings:
         OpenSSL's.
     @ivar clientCAs: certificates trusted as issuing CAs whatever their
         keyUsage says (C{--client-ca}).
+    @ivar moreCertificates: server certificates of other key types than
+        the first's, each with its key and chain: OpenSSL presents the one
+        the client's signature algorithms allow.
     @ivar bundles: one sentence per trust file read by L{fromFiles}: how many
         client certificates it holds and which CAs it trusts to issue them,
         for the daemon to log.  No part in comparisons.
@@ -136,6 +147,9 @@ class ServerTLSSettings:
     groups: tuple[str, ...] = field(factory=lambda: tlsGroups(None))
     signatureAlgorithms: str | None = None
     clientCAs: tuple[x509.Certificate, ...] = ()
+    moreCertificates: tuple[
+        tuple[x509.Certificate, PrivateKeyTypes, tuple[x509.Certificate, ...]], ...
+    ] = ()
     bundles: tuple[str, ...] = field(default=(), eq=False)
     fileWarnings: tuple[str, ...] = field(default=(), eq=False)
 
@@ -148,6 +162,7 @@ class ServerTLSSettings:
         crlPaths: Sequence[Path] = (),
         passphrasePath: Path | None = None,
         clientCAPaths: Sequence[Path] = (),
+        morePaths: Sequence[tuple[Path, Path | None]] = (),
         **options: Any,
     ) -> ServerTLSSettings:
         """
@@ -165,12 +180,26 @@ class ServerTLSSettings:
             an encrypted key or the password of the PKCS#12 file.
         @param clientCAPaths: bundles of certificates trusted as issuing CAs
             whatever their keyUsage (PEM).
+        @param morePaths: server certificates of other key types, each
+            with its key file (or L{None}), as C{certificatePath}.
         @param options: the other attributes (C{policy}, C{verifyDepth}, ...).
         @raise ConfigurationError: for any unusable file, a passphrase that
             does not open the key, or a key that does not match the
             certificate.
         """
         server = loadCertificateAndKey(certificatePath, keyPath, "server", passphrasePath)
+        more = [
+            loadCertificateAndKey(path, key, "server", passphrasePath) for path, key in morePaths
+        ]
+        kinds = {_keyKind(server.privateKey): certificatePath}
+        for path, each in zip([p for p, _ in morePaths], more, strict=True):
+            kind = _keyKind(each.privateKey)
+            if kind in kinds:
+                raise ConfigurationError(
+                    f"server certificates {kinds[kind]} and {path} both have {kind} keys:"
+                    " give one certificate per key type (RSA and ECDSA, say)."
+                )
+            kinds[kind] = path
         if not clientCertificatePaths and not clientCAPaths:
             raise ConfigurationError("no trusted client certificates were given.")
         bundles, trusted, clientCAs = [], [], []
@@ -194,6 +223,7 @@ class ServerTLSSettings:
             tuple(crls),
             **options,
             clientCAs=tuple(clientCAs),
+            moreCertificates=tuple((m.certificate, m.privateKey, m.chain) for m in more),
             bundles=tuple(bundles),
             fileWarnings=tuple(fileWarnings),
         )

@@ -11,9 +11,12 @@ import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._process import OPENSSL, Daemon, mtlsd, receiveExactly, run, tlsClient
+from mtlsd._pki import SERVER_AUTH, DevelopmentPKI, certificatePEM, makeCertificate
+from tests._process import DEADLINE, OPENSSL, Daemon, mtlsd, receiveExactly, run, tlsClient
 from tests.test_daemon import DaemonTestMixin
 from tests.test_forward import freePort
 from tests.test_trust import cutWithin
@@ -135,3 +138,64 @@ class ServerNameTests(DaemonTestMixin, SynchronousTestCase):
         cutWithin(sessions["a"])
         sessions["b"].sendall(b"still")
         self.assertEqual(receiveExactly(sessions["b"], 5), b"still")
+
+
+class KeyTypesTests(DaemonTestMixin, SynchronousTestCase):
+    def test_rsaAndECDSA(self) -> None:
+        """
+        Two certificates of one service, ECDSA and RSA (C{--cert} twice):
+        the client's signature algorithms pick the one it gets.  Two of one
+        key type are refused at start-up.
+        """
+        self.requireOpenSSL()
+        directory = self.workDirectory()
+        done = mtlsd("pki", "init", "pki", cwd=directory)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        pki = DevelopmentPKI(os.path.join(directory, "pki"))
+        key = rsa.generate_private_key(65537, 2048)
+        certificate = makeCertificate(
+            "rsa-server",
+            key,
+            pki._ca(),
+            usages=[SERVER_AUTH],
+            names=["localhost"],  # type: ignore[arg-type]
+        )
+        with open(os.path.join(directory, "rsa.pem"), "wb") as f:
+            f.write(certificatePEM(certificate))
+            f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        daemon = self.startDaemon(
+            directory, "--cert", "pki/server.crt", "--key", "pki/server.key",
+            "--cert", "rsa.pem", "--key", "rsa.pem", "--client-certs", "pki/ca.crt",
+        )  # fmt: skip
+        assert OPENSSL is not None
+        for algorithm, subject in (
+            ("rsa_pss_rsae_sha256", "CN = rsa-server"),
+            ("ecdsa_secp256r1_sha256", "CN = server"),
+        ):
+            client = run(
+                [
+                    OPENSSL, "s_client", "-connect", f"127.0.0.1:{daemon.port}",
+                    "-sigalgs", algorithm, "-cert", "pki/client.crt", "-key", "pki/client.key",
+                    "-CAfile", "pki/ca.crt",
+                ],
+                directory,
+                b"Q\n",
+            )  # fmt: skip
+            output = client.stdout.decode()
+            self.assertEqual(client.returncode, 0, output)
+            self.assertIn(f"subject={subject}\n", output)
+        twice = mtlsd("pki", "init", "other", cwd=directory)
+        self.assertEqual(twice.returncode, 0, twice.stderr)
+        refused = Daemon(
+            directory,
+            ["--port", "0", "--cert", "pki/server.crt", "--key", "pki/server.key",
+             "--cert", "other/server.crt", "--key", "other/server.key",
+             "--client-certs", "pki/ca.crt"],
+        )  # fmt: skip
+        self.addCleanup(refused.stop)
+        self.assertEqual(refused.process.wait(DEADLINE), 1)
+        self.assertIn(
+            "mtlsd: server certificates pki/server.crt and other/server.crt both have ECDSA keys",
+            refused.log(),
+        )
+        self.assertNotIn("Traceback", refused.log())

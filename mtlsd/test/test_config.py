@@ -82,7 +82,7 @@ class ConfigArgumentsTests(ConfigTestCase):
         )
         self.assertEqual(
             (options["port"], options["cert"], options["client-certs"], options["crl"]),
-            (8443, "s.pem", ["a.pem", "b.pem"], ["c.crl"]),
+            (8443, ["s.pem"], ["a.pem", "b.pem"], ["c.crl"]),
         )
         self.assertEqual((options["crl-required"], options["crl-check-chain"]), (1, 0))
         self.assertEqual((options["verify-depth"], options["handshake-timeout"]), (2, 2.5))
@@ -335,7 +335,7 @@ class ContribTests(SynchronousTestCase):
         self.assertEqual(services["jobs"]["forward"], "unix:/run/jobs/app.sock")
         self.assertEqual(services["db"]["client-certs"], ["/etc/mtlsd/tls/clients-ca.pem"])
         self.assertEqual(len(services["api"]["client-certs"]), 2)
-        self.assertEqual(services["jobs"]["cert"], "/etc/mtlsd/tls/jobs.pem")
+        self.assertEqual(services["jobs"]["cert"], ["/etc/mtlsd/tls/jobs.pem"])
         self.assertEqual({s["handshake-timeout"] for s in services.values()}, {5})
         for service in services.values():
             for description in service["listen"]:

@@ -170,6 +170,10 @@ class OptionsTests(SynchronousTestCase):
             (["--forward", "tcp:10.0.0.5:80"], "not on loopback or a UNIX socket"),
             (["--forward", "tcp:host=backend.example:port=80"], "give --unsafe-backend"),
             (["--tls-min-version", "1.1"], "--tls-min-version must be 1.2 or 1.3"),
+            (
+                ["--cert", "a.pem", "--cert", "b.pem", "--key", "a.key", "--client-certs", "c.pem"],
+                "--key is given 1 time for 2 --cert: give one --key per --cert",
+            ),
             (["--ocsp-required"], "--ocsp-required goes with --ocsp."),
             (
                 ["--ocsp-timeout", "1", "--ocsp-check-chain"],
