@@ -50,6 +50,7 @@ JSON_NAMES: Mapping[str, str] = {
     "headers": "headers",
     "checks": "checks",
     "service": "service",
+    "serverName": "server_name",
     "responder": "responder",
     "result": "result",
 }

@@ -55,7 +55,7 @@ def _system(event: dict[str, Any]) -> str:
         except Exception:
             return "UNFORMATTABLE"
     level = event.get("log_level")
-    service = f":{event['service']}" if "service" in event else ""
+    service = f":{event['service']}" if event.get("service") else ""
     return f"{event.get('log_namespace', '-')}{service}#{level.name if level is not None else '-'}"
 
 

@@ -63,6 +63,7 @@ class Metrics:
         self.lastReload = Gauge(
             "mtlsd_last_reload_success_timestamp_seconds",
             "When the trust was last loaded successfully.",
+            self._serviceLabel,
             registry=self.registry,
         )
         self.expiry = Gauge(
@@ -101,7 +102,7 @@ class Metrics:
 
     def _move(self, metric: Metric, event: dict[str, Any]) -> None:
         published = self._metrics[metric.name]
-        values = [str(event.get("service", "?"))] if self._labelled else []
+        values = [event.get("service") or ""] if self._labelled else []
         values += [
             source[1:] if source.startswith("=") else str(event.get(source, "?"))
             for _, source in metric.labels
@@ -123,7 +124,9 @@ class Metrics:
         """
         for labels in self._published.pop(service, []):
             self.expiry.remove(*labels)
-        self.lastReload.set_to_current_time()
+        (
+            self.lastReload.labels(str(service)) if self._labelled else self.lastReload
+        ).set_to_current_time()
         published = self._published[service] = []
         for role, certificates in (
             ("server", [settings.certificate, *(c for c, _, _ in settings.moreCertificates)]),

@@ -50,6 +50,7 @@ from ._reasons import (
     CLOSED_BEFORE_ADMISSION,
     CLOSED_BEFORE_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
+    NO_SERVICE,
     handshakeFailureReason,
 )
 from ._tls import TLSFactory
@@ -550,10 +551,13 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         failure = self.factory.context.verifyFailure(self._tls.getHandle())
         fields: dict[str, Any] = {}
         refusedName = self.factory.router and self.factory.router.refusal(self._tls.getHandle())
+        service = self.factory.serviceField
         if self._timedOut:
             text = HANDSHAKE_TIMEOUT
         elif refusedName:
-            text = refusedName
+            # No service's: the name, which the client chose, is a field (not
+            # in the reason, a label of the rejections metric).
+            text, fields, service = NO_SERVICE, {"serverName": refusedName}, {"service": None}
         elif pending:
             text = CLOSED_BEFORE_ADMISSION
         elif self._refusal is not None:
@@ -572,7 +576,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
         emit(
             log,
             "rejected",
-            **self.factory.serviceField,
+            **service,
             level=LogLevel.debug if quiet else None,
             client=self._client,
             reason=text,
@@ -594,6 +598,8 @@ def _detail(fields: dict[str, object]) -> str:
     """
     if "depth" in fields:
         return f" (depth {fields['depth']}, {fields['subject']})"
+    if "serverName" in fields:
+        return f" {fields['serverName']}"
     named = []
     for field, name in _NAMED:
         value = fields.get(field)

@@ -99,9 +99,10 @@ def parseServices(
         table = dict(table)
         name = table.pop("name", None)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
+            found = "has none" if name is None else f"has {name!r}"
             raise usage.UsageError(
-                f"{where}: service {number} needs a name (letters, digits, '.', '_', '-'),"
-                f" not {name!r}."
+                f"{where}: service {number} needs a name of letters, digits, '.', '_' and '-'"
+                f' (name = "api"); it {found}.'
             )
         if name in [service.name for service in services]:
             raise usage.UsageError(f"{where}: two services are named {name!r}.")

@@ -65,7 +65,8 @@ class ServerNameRouter:
             serverName = raw.decode("ascii", "replace") if raw else None
             found = self._serviceFor(serverName)
             if found is None:
-                self._refusals[connection] = f"no service for server name {serverName or '(none)'}"
+                shown = "".join(c if c.isprintable() else "?" for c in serverName or "")[:255]
+                self._refusals[connection] = shown or "(none)"
                 return int(lib.SSL_TLSEXT_ERR_ALERT_FATAL)  # unrecognized_name
             _, context, gate = found
             chosen = context.sslContext
@@ -91,6 +92,7 @@ class ServerNameRouter:
 
     def refusal(self, connection: SSL.Connection) -> str | None:
         """
-        @return: why no service was found for C{connection}, if so.
+        @return: the server name no service has (C{(none)}: the client
+            sent none), if C{connection} was refused for it.
         """
         return self._refusals.get(connection)

@@ -208,7 +208,11 @@ def _onListening(
         log.info("service {service}: listening on {address}", service=name, address=address)
     tcpPort = getattr(port.getHost(), "port", None)
     if role is None and not options["cert"] and tcpPort is not None:
-        log.info("try: {command}", command=_connectCommand(options, f"localhost:{tcpPort}"))
+        command = _connectCommand(options, f"localhost:{tcpPort}")
+        names = [n for n in (name[0].serverNames if isinstance(name, list) else ()) if "*" not in n]
+        if names and not command.startswith("curl"):
+            command += f" --servername {names[0]}"
+        log.info("try: {command}", command=command)
 
 
 def _metricsService(

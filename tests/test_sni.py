@@ -105,7 +105,10 @@ class ServerNameTests(DaemonTestMixin, SynchronousTestCase):
         daemon = self.start()
         code, output = self.sClient("c.example", "pki-a")
         self.assertIn("unrecognized name", output)
-        daemon.waitForLog(r"rejected 127\.0\.0\.1:\d+: no service for server name c\.example")
+        [line] = daemon.waitForLog(
+            r"rejected 127\.0\.0\.1:\d+: no service for server name c\.example"
+        )
+        self.assertNotIn("[mtlsd:a#", line)  # no service's
 
     def test_defaultService(self) -> None:
         """

@@ -78,8 +78,8 @@ handshake-timeout = 2
         Each mistake is one line naming the file and the service.
         """
         for toml, message in [
-            ("[[service]]\nport = 1\n", "service 1 needs a name"),
-            ('[[service]]\nname = "a b"\n', "service 1 needs a name"),
+            ("[[service]]\nport = 1\n", "service 1 needs a name of letters, digits"),
+            ('[[service]]\nname = "a b"\n', "(name = \"api\"); it has 'a b'."),
             (
                 '[[service]]\nname = "a"\nport = 1\n[[service]]\nname = "a"\nport = 2\n',
                 "two services are named 'a'",
@@ -192,6 +192,19 @@ class ServiceMetricsTests(SynchronousTestCase):
         metrics = Metrics(services={"api": lambda: settings, "admin": lambda: settings})
         metrics(
             {"mtlsdEvent": "refused", "client": "x", "limit": "max-connections", "service": "api"}
+        )
+        metrics({"mtlsdEvent": "rejected", "reason": "no service for server name", "service": None})
+        self.assertEqual(
+            metrics.registry.get_sample_value(
+                "mtlsd_handshakes_rejected_total",
+                {"service": "", "reason": "no service for server name"},
+            ),
+            1,
+        )
+        self.assertIsNotNone(
+            metrics.registry.get_sample_value(
+                "mtlsd_last_reload_success_timestamp_seconds", {"service": "admin"}
+            )
         )
         self.assertEqual(
             metrics.registry.get_sample_value(
