@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -97,6 +98,14 @@ class TwoServicesTests(DaemonTestMixin, SynchronousTestCase):
         self.daemon.waitForLog(r'"event": "backend-unavailable"')
         [unavailable] = self.events("backend-unavailable")
         self.assertEqual(unavailable["service"], "gamma")
+
+    def test_sighupReloadsEveryService(self) -> None:
+        """
+        One SIGHUP reloads every service.
+        """
+        self.daemon.process.send_signal(signal.SIGHUP)
+        for service in ("alpha", "beta", "gamma"):
+            self.daemon.waitForLog(rf'"event": "reloaded".*"service": "{service}"')
 
     def test_trustChangeCutsOnlyItsService(self) -> None:
         """
