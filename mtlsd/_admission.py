@@ -25,6 +25,7 @@ from OpenSSL.crypto import (
     dump_certificate,
 )
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from ._identity import PeerIdentity, identityFromCertificate
 from ._policy import ALLOW_KINDS, AllowPolicy
@@ -34,6 +35,7 @@ from ._settings import ServerTLSSettings
 from ._verify import VerifyFailure, subjectOf
 
 _Codes = SSL.X509VerificationCodes
+log = Logger(namespace="mtlsd")
 
 
 @frozen
@@ -318,6 +320,7 @@ class Admission:
             )
             if isinstance(verdict, Deferred):
                 verdict.addCallback(self._cutIfRevoked, session, sessions)
+                verdict.addErrback(lambda failure: log.failure("rechecking a session", failure))
             else:
                 self._cutIfRevoked(verdict, session, sessions)
 

@@ -190,10 +190,10 @@ class ServerContext:
 
         setVerify(context, context.get_verify_mode(), verify)
         context.set_alpn_select_callback(_selectALPN)
-        if self._servernameCallback is not None:
-            _lib.SSL_CTX_set_tlsext_servername_callback(context._context, self._servernameCallback)
-        if settings.signatureAlgorithms is not None:  # last: it makes a connection
+        if settings.signatureAlgorithms is not None:  # it makes a connection
             checkServerSigns(context, minimum, settings.signatureAlgorithms)
+        if self._servernameCallback is not None:  # after the probe, which sends no name
+            _lib.SSL_CTX_set_tlsext_servername_callback(context._context, self._servernameCallback)
         self.settings, self.admission, self._options = settings, admission, options
 
     @property

@@ -32,6 +32,7 @@ from cryptography.x509.oid import (
     ExtendedKeyUsageOID,
     SignatureAlgorithmOID,
 )
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
@@ -68,7 +69,7 @@ Fetch = Callable[[str, bytes], "Deferred[bytes]"]
 Send a DER OCSP request to a responder's URL; fire with the DER answer.
 """
 
-_ERR_CERT_REVOKED = 23  # X509_V_ERR_CERT_REVOKED: the client gets certificate_revoked
+_ERR_CERT_REVOKED = SSL.X509VerificationCodes.ERR_CERT_REVOKED
 
 
 class _Unusable(Exception):

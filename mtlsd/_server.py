@@ -497,7 +497,7 @@ class _GateProtocol(HalfCloseForwarding, ProtocolWrapper):
             # Kept for the application if the client is admitted; past the
             # limit, the client waits (TCP pushes back).
             self._early.append(data)
-            if not self._earlyPaused and sum(map(len, self._early)) > EARLY_LIMIT:
+            if not self._earlyPaused and self.bytesIn > EARLY_LIMIT:  # all of it early
                 self._earlyPaused = True
                 self._tls.pauseProducing()
 

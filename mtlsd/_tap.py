@@ -109,24 +109,23 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     )
     service = _DaemonService(options, metrics, role)
     supervising = role is None and options["workers"] > 1
-    listeners = []
-    serviceOf: dict[ListeningService, str | None] = {}
+    serviceOf: dict[ListeningService, str | None] = {}  # every listener, with its service
     servers = {name: (server, app) for name, _, server, app, _ in built}
     for name, serviceOptions, server, app, plain in built:
         server.reloader.setServiceParent(service)
         _Drain(server.context, reactor, options["drain-timeout"], name).setServiceParent(service)
-        group = shared.get(name, []) if name is not None else []
+        group = shared.get(name or "", [])
         router = _router(group, servers, reactor) if len(group) > 1 else None
         for description, endpoint in plain:
             listener = ListeningService(
                 description if name is None else f"service {name!r}: {description}",
                 server.endpoint(endpoint, False, router),
                 app,
-                partial(_onListening, serviceOptions, group or name, supervising, role),
+                partial(_onListening, serviceOptions, group if router else name, supervising, role),
             )
             listener.setServiceParent(service)
-            listeners.append(listener)
             serviceOf[listener] = name
+    listeners = list(serviceOf)
     pool = None
     if supervising:
         pool = WorkerPool(

@@ -81,6 +81,7 @@ class TwoServicesTests(DaemonTestMixin, SynchronousTestCase):
         self.daemon.waitForLog(r'"event": "rejected"')
         [accepted] = self.events("accepted")
         self.assertEqual((accepted["service"], accepted["cn"]), ("alpha", "client"))
+        self.assertNotIn("for server names", self.daemon.log())  # no address is shared
         [rejected] = [
             e for e in self.events("rejected") if e["reason"] != "closed before handshake"
         ]

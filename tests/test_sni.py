@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -35,10 +36,10 @@ class ServerNameTests(DaemonTestMixin, SynchronousTestCase):
             self.assertEqual(done.returncode, 0, done.stderr)
         self.port = freePort()
 
-    def start(self, defaultB: bool = False) -> Daemon:
+    def start(self, defaultB: bool = False, top: str = "") -> Daemon:
         with open(os.path.join(self.directory, "mtlsd.toml"), "w") as f:
             f.write(
-                f"reload-interval = 0.2\n"
+                f"reload-interval = 0.2\n{top}"
                 f'[[service]]\nname = "a"\nport = {self.port}\npki = "pki-a"\n'
                 f'server-names = ["a.example"]\n'
                 f'[[service]]\nname = "b"\nport = {self.port}\npki = "pki-b"\n'
@@ -97,6 +98,19 @@ class ServerNameTests(DaemonTestMixin, SynchronousTestCase):
         self.assertEqual((client.returncode, client.stdout), (1, b""), client.stderr)
         daemon.waitForLog(r"\[mtlsd:b#info\] rejected ")
 
+    def test_signatureAlgorithms(self) -> None:
+        """
+        A shared address with C{tls-sigalgs} starts and reloads: the
+        start-up check of the server's signature sends no server name, and
+        must not be refused as an unknown one.
+        """
+        daemon = self.start(top='tls-sigalgs = "ECDSA+SHA256"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.waitForLog(r"\[mtlsd:a#info\] reloaded: ")
+        self.assertNotIn("reload failed", daemon.log())
+        code, output = self.sClient("a.example", "pki-a")
+        self.assertEqual(code, 0, output)
+
     def test_unknownName(self) -> None:
         """
         A name no service has, without a default service: the handshake is
@@ -148,7 +162,8 @@ class KeyTypesTests(DaemonTestMixin, SynchronousTestCase):
         """
         Two certificates of one service, ECDSA and RSA (C{--cert} twice):
         the client's signature algorithms pick the one it gets.  Two of one
-        key type are refused at start-up.
+        key type are refused at start-up.  (The client signs with its own
+        ECDSA key whatever it accepts from the server: C{-client_sigalgs}.)
         """
         self.requireOpenSSL()
         directory = self.workDirectory()
@@ -178,7 +193,7 @@ class KeyTypesTests(DaemonTestMixin, SynchronousTestCase):
             client = run(
                 [
                     OPENSSL, "s_client", "-connect", f"127.0.0.1:{daemon.port}",
-                    "-sigalgs", algorithm, "-cert", "pki/client.crt", "-key", "pki/client.key",
+                    "-sigalgs", algorithm, "-client_sigalgs", "ecdsa_secp256r1_sha256", "-cert", "pki/client.crt", "-key", "pki/client.key",
                     "-CAfile", "pki/ca.crt",
                 ],
                 directory,
